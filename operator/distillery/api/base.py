@@ -1,0 +1,58 @@
+"""Shared pieces of the API: group/version, the camelCase base model, conditions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "distillery.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+class ApiModel(BaseModel):
+    """Base for every API object: camelCase on the wire, unknown fields are an error."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as Kubernetes stores it: camelCase keys, unset optionals left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def cel(rule: str, message: str) -> dict[str, str]:
+    """One CEL validation rule for the CRD (``x-kubernetes-validations``)."""
+    return {"rule": rule, "message": message}
+
+
+def crd_extra(*rules: dict[str, str], **more: Any) -> dict[str, Any]:
+    """JSON-schema extras that become CRD-only keywords (CEL rules and the like)."""
+    extra: dict[str, Any] = dict(more)
+    if rules:
+        extra["x-kubernetes-validations"] = list(rules)
+    return extra
+
+
+class Condition(ApiModel):
+    """A Kubernetes-style condition (the shape ``kubectl wait --for=condition=`` reads)."""
+
+    type: str
+    status: str = Field(description="True, False or Unknown")
+    reason: str = ""
+    message: str = ""
+    observed_generation: int | None = None
+    last_transition_time: str | None = None
+
+
+class ObjectRef(ApiModel):
+    """A reference to a namespaced object by name."""
+
+    name: str = Field(min_length=1)
+    namespace: str | None = None

@@ -1,0 +1,358 @@
+"""The DistillationJob resource: what to distill (spec) and what came of it (status)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field, model_validator
+
+from distillery.api.base import API_VERSION, ApiModel, Condition, cel, crd_extra
+
+# ----------------------------------------------------------------------------- enums
+
+
+class TeacherFormat(StrEnum):
+    HUGGINGFACE = "huggingface"  # a directory with config.json, safetensors and a tokenizer
+    ONNX = "onnx"  # a black-box teacher; soft labels come from onnxruntime
+    TORCH = "torch"  # a built-in architecture: config.json + model.safetensors
+
+
+class Task(StrEnum):
+    SEQUENCE_CLASSIFICATION = "sequence-classification"
+    SENTENCE_EMBEDDING = "sentence-embedding"
+    IMAGE_CLASSIFICATION = "image-classification"
+    TABULAR_CLASSIFICATION = "tabular-classification"
+
+
+class DatasetFormat(StrEnum):
+    JSONL = "jsonl"
+    NPZ = "npz"
+
+
+class ExtractionMethod(StrEnum):
+    UNIFORM = "uniform"  # every k-th layer, DistilBERT-style
+    FIRST = "first"  # the first N layers
+    IMPORTANCE = "importance"  # rank layers on calibration data, drop the least important
+    WEIGHT_RANGE = "weight-range"  # keep layers whose weight RMS lies in a range
+    EXPLICIT = "explicit"  # exactly the layers listed in `layers`
+
+
+class ImportanceMetric(StrEnum):
+    BLOCK_INFLUENCE = "block-influence"  # 1 - cos(input, output) of each block (ShortGPT)
+    ANGULAR_DISTANCE = "angular-distance"  # arccos(cos(input, output)) / pi
+
+
+class HiddenLossType(StrEnum):
+    NONE = "none"
+    COSINE = "cosine"
+    MSE = "mse"
+
+
+class AccuracyDropType(StrEnum):
+    RELATIVE = "relative"  # (teacher - student) / teacher, as Intel Neural Compressor
+    ABSOLUTE = "absolute"  # teacher - student
+
+
+class Hardware(StrEnum):
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class ExportFormat(StrEnum):
+    ONNX = "onnx"
+    SAFETENSORS = "safetensors"
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+# ----------------------------------------------------------------------------- spec
+
+
+class Teacher(ApiModel):
+    """Where the teacher is and what it does."""
+
+    uri: str = Field(min_length=1, description="file://, s3:// or a local path to the model")
+    format: TeacherFormat = TeacherFormat.HUGGINGFACE
+    task: Task = Task.SEQUENCE_CLASSIFICATION
+    tokenizer_uri: str | None = Field(
+        default=None,
+        description="Tokenizer directory for an ONNX text teacher (default: the student base's)",
+    )
+
+
+class Dataset(ApiModel):
+    """Train and eval splits and how to read them."""
+
+    format: DatasetFormat = DatasetFormat.JSONL
+    train_uri: str = Field(min_length=1)
+    eval_uri: str = Field(min_length=1)
+    text_field: str = "text"
+    label_field: str = Field(
+        default="label", description="JSONL field or NPZ array with the labels; may be absent for embedding"
+    )
+    features_field: str = Field(default="x", description="NPZ array with the inputs")
+    max_train_rows: int | None = Field(default=None, ge=1)
+    max_eval_rows: int | None = Field(default=None, ge=1)
+    max_sequence_length: int = Field(default=128, ge=8, le=8192)
+
+
+class WeightRange(ApiModel):
+    """Bounds on a layer's weight RMS for the weight-range method."""
+
+    min: float = Field(default=0.0, ge=0)
+    max: float = Field(default=1.0e9, gt=0)
+
+
+class StudentArchitecture(ApiModel):
+    """A freshly initialised built-in student (for ONNX teachers or from-scratch baselines)."""
+
+    name: str = Field(description="mlp or cnn")
+    hidden_size: int = Field(default=128, ge=1)
+    num_blocks: int = Field(default=2, ge=1)
+
+
+class StudentBase(ApiModel):
+    """The model whose layers are extracted when the teacher cannot provide them (ONNX)."""
+
+    uri: str = Field(min_length=1)
+    format: TeacherFormat = TeacherFormat.HUGGINGFACE
+
+
+class Student(ApiModel):
+    """How to get the student: layer extraction (depth pruning) and its size."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": crd_extra(
+            cel(
+                "!(has(self.keepLayers) && has(self.keepRatio))",
+                "set only one of student.keepLayers and student.keepRatio",
+            ),
+            cel(
+                "!has(self.method) || self.method != 'explicit' || (has(self.layers) && size(self.layers) > 0)",
+                "student.method explicit needs student.layers",
+            ),
+        )
+    }
+
+    method: ExtractionMethod = ExtractionMethod.IMPORTANCE
+    importance_metric: ImportanceMetric = ImportanceMetric.BLOCK_INFLUENCE
+    keep_layers: int | None = Field(default=None, ge=1, description="number of layers to keep")
+    keep_ratio: float | None = Field(default=None, gt=0, le=1, description="fraction of layers to keep")
+    layers: list[int] | None = Field(default=None, max_length=1024, description="explicit 0-based layer indices")
+    weight_range: WeightRange | None = None
+    calibration_batches: int = Field(default=8, ge=1, le=1000)
+    base: StudentBase | None = None
+    architecture: StudentArchitecture | None = None
+
+    @model_validator(mode="after")
+    def _one_size(self) -> Student:
+        if self.keep_layers is not None and self.keep_ratio is not None:
+            raise ValueError("set only one of student.keepLayers and student.keepRatio")
+        if self.method == ExtractionMethod.EXPLICIT and not self.layers:
+            raise ValueError("student.method explicit needs student.layers")
+        if self.layers is not None and len(set(self.layers)) != len(self.layers):
+            raise ValueError("student.layers has duplicates")
+        if self.layers is not None and any(i < 0 for i in self.layers):
+            raise ValueError("student.layers must be 0-based, non-negative indices")
+        return self
+
+
+class HiddenLoss(ApiModel):
+    """Optional hidden-state loss between the student's and teacher's last hidden states."""
+
+    type: HiddenLossType = HiddenLossType.NONE
+    weight: float = Field(default=1.0, ge=0)
+
+
+class Distillation(ApiModel):
+    """The healing step: soft-label knowledge distillation with temperature."""
+
+    temperature: float = Field(default=2.0, gt=0, le=100)
+    alpha: float = Field(default=0.5, ge=0, le=1, description="weight of the soft (KL) loss")
+    epochs: int = Field(default=3, ge=0, le=1000)
+    learning_rate: float = Field(default=5.0e-5, gt=0, le=1)
+    batch_size: int = Field(default=32, ge=1, le=65536)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, le=1)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    seed: int = 0
+    hidden_loss: HiddenLoss = Field(default_factory=HiddenLoss)
+    checkpoint_every_steps: int = Field(default=50, ge=1)
+
+
+class Targets(ApiModel):
+    """The acceptance rule: every target set must hold for the student to be accepted."""
+
+    max_latency_ms: float | None = Field(default=None, gt=0)
+    min_accuracy: float | None = Field(default=None, ge=0, le=1)
+    max_accuracy_drop: float | None = Field(default=None, ge=0, le=1)
+    accuracy_drop_type: AccuracyDropType = AccuracyDropType.RELATIVE
+    min_speedup: float | None = Field(default=None, gt=0)
+    max_size_bytes: int | None = Field(default=None, ge=1)
+    hardware: Hardware = Hardware.CPU
+    must_improve_frontier: bool = False
+
+
+class Benchmark(ApiModel):
+    """How latency is measured; teacher and student always share these settings."""
+
+    batch_size: int = Field(default=8, ge=1, le=4096)
+    sequence_length: int = Field(default=128, ge=1, le=8192)
+    warmup: int = Field(default=5, ge=0, le=1000)
+    iterations: int = Field(default=30, ge=3, le=100000)
+    threads: int | None = Field(default=None, ge=1, le=1024, description="CPU threads; default all")
+
+
+class Export(ApiModel):
+    formats: list[ExportFormat] = Field(
+        default_factory=lambda: [ExportFormat.ONNX, ExportFormat.SAFETENSORS]
+    )
+    int8: bool = Field(default=False, description="also write model.int8.onnx (dynamic quantization)")
+    opset: int = Field(default=17, ge=13, le=23)
+
+
+class Output(ApiModel):
+    """Where artifacts go and how to reach the store."""
+
+    uri: str = Field(min_length=1, description="artifact prefix: file://, s3:// or a local path")
+    endpoint: str | None = Field(default=None, description="S3 endpoint URL (MinIO and the like)")
+    region: str | None = None
+    credentials_secret: str | None = Field(
+        default=None,
+        description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (cluster only)",
+    )
+
+
+class Toleration(ApiModel):
+    key: str | None = None
+    operator: str | None = None
+    value: str | None = None
+    effect: str | None = None
+    toleration_seconds: int | None = None
+
+
+class Resources(ApiModel):
+    gpus: int = Field(default=0, ge=0, le=64)
+    cpu: str | None = Field(default=None, description="CPU request and limit, e.g. '2'")
+    memory: str | None = Field(default=None, description="memory request and limit, e.g. 8Gi")
+    node_selector: dict[str, str] | None = None
+    tolerations: list[Toleration] | None = None
+    deadline_seconds: int | None = Field(default=None, ge=1)
+
+
+class DistillationJobSpec(ApiModel):
+    teacher: Teacher
+    dataset: Dataset
+    student: Student = Field(default_factory=Student)
+    distillation: Distillation = Field(default_factory=Distillation)
+    targets: Targets = Field(default_factory=Targets)
+    benchmark: Benchmark = Field(default_factory=Benchmark)
+    export: Export = Field(default_factory=Export)
+    output: Output
+    resources: Resources = Field(default_factory=Resources)
+    queue_name: str | None = Field(default=None, description="Kueue LocalQueue for the trainer Job")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DistillationJobSpec:
+        if self.teacher.format == TeacherFormat.ONNX and not (
+            self.student.base or self.student.architecture
+        ):
+            raise ValueError(
+                "student.base or student.architecture is required when teacher.format is onnx "
+                "(an ONNX teacher has no layers to extract)"
+            )
+        return self
+
+
+# ----------------------------------------------------------------------------- status
+
+
+class Progress(ApiModel):
+    stage: str = ""
+    percent: float = 0.0
+    epoch: int | None = None
+    total_epochs: int | None = None
+    message: str | None = None
+
+
+class ModelMetrics(ApiModel):
+    """What was measured for one model (teacher or student)."""
+
+    accuracy: float | None = Field(default=None, description="the task's primary metric, 0..1")
+    metric_name: str | None = Field(default=None, description="what accuracy means for this task")
+    agreement: float | None = Field(default=None, description="share of predictions equal to the teacher's")
+    fidelity: float | None = Field(default=None, description="mean cosine to the teacher's embeddings")
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    parameters: int | None = None
+    size_bytes: int | None = None
+    num_layers: int | None = None
+
+
+class Decision(ApiModel):
+    accepted: bool
+    reasons: list[str] = Field(default_factory=list)
+
+
+class Artifacts(ApiModel):
+    uri: str | None = None
+    onnx: str | None = None
+    onnx_int8: str | None = None
+    weights: str | None = None
+    metrics: str | None = None
+    result: str | None = None
+    model_card: str | None = None
+
+
+class DistillationJobStatus(ApiModel):
+    observed_generation: int | None = None
+    phase: Phase | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    progress: Progress | None = None
+    teacher: ModelMetrics | None = None
+    student: ModelMetrics | None = None
+    layers_kept: list[int] | None = None
+    layer_scores: list[float] | None = None
+    speedup: float | None = None
+    accuracy_retention: float | None = None
+    compression_ratio: float | None = None
+    pareto_score: float | None = None
+    accepted: bool | None = None
+    decision: Decision | None = None
+    artifacts: Artifacts | None = None
+    student_model: str | None = Field(default=None, description="the StudentModel registered")
+    trainer_job: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    message: str | None = None
+
+
+class ObjectMeta(ApiModel):
+    """The part of metadata a local run cares about; the rest is the API server's."""
+
+    model_config = ApiModel.model_config | {"extra": "allow"}
+
+    name: str = "local"
+    namespace: str | None = None
+    generation: int | None = None
+
+
+class DistillationJob(ApiModel):
+    api_version: str = API_VERSION
+    kind: str = "DistillationJob"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: DistillationJobSpec
+    status: DistillationJobStatus | None = None
+
+    @model_validator(mode="after")
+    def _kind(self) -> DistillationJob:
+        if self.api_version != API_VERSION:
+            raise ValueError(f"apiVersion must be {API_VERSION}, got {self.api_version!r}")
+        if self.kind != "DistillationJob":
+            raise ValueError(f"kind must be DistillationJob, got {self.kind!r}")
+        return self

@@ -1,0 +1,98 @@
+"""The `distillery` command: run a job locally, validate it, compare models, generate CRDs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from distillery.api import SpecError, load_job_file
+from distillery.api.result import EXIT_ERROR, EXIT_INVALID
+
+
+def cmd_run(args) -> int:
+    try:
+        job = load_job_file(args.job)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    from distillery.local_paths import resolve_local_uris
+
+    job = resolve_local_uris(job, Path(args.job).resolve().parent)
+    try:
+        from distillery_trainer.entrypoint import run_job
+        from distillery_trainer.report import table
+    except ImportError as err:
+        print(f"error: the trainer is not installed ({err}); pip install 'distillery[trainer]'", file=sys.stderr)
+        return EXIT_ERROR
+    code, result = run_job(job, restart=args.restart, show_bar=None if not args.no_progress else False)
+    if result is not None:
+        print(json.dumps(result.to_wire(), indent=2) if args.json else table(result))
+    return code
+
+
+def cmd_validate(args) -> int:
+    try:
+        job = load_job_file(args.job)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"{args.job}: valid DistillationJob {job.metadata.name!r}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from distillery.compare import compare, format_comparison
+
+    try:
+        result = compare(Path(args.a), Path(args.b))
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    print(json.dumps(result, indent=2) if args.json else format_comparison(result))
+    return 0
+
+
+def cmd_crds(args) -> int:
+    from distillery import crdgen
+
+    argv = ["--out", args.out] + (["--check"] if args.check else [])
+    return crdgen.main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distillery", description="Distill teacher models into fast students.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a DistillationJob locally (exit 0 accepted, 3 rejected, 2 invalid, 1 error)")
+    run.add_argument("job", help="DistillationJob YAML (the same file you would kubectl apply)")
+    run.add_argument("--restart", action="store_true", help="discard checkpoints and results, start over")
+    run.add_argument("--json", action="store_true", help="print result.json instead of the table")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check a DistillationJob file without running it")
+    validate.add_argument("job")
+    validate.set_defaults(func=cmd_validate)
+
+    cmp_ = sub.add_parser("compare", help="compare two model directories (parameters, compression, shared layers)")
+    cmp_.add_argument("a")
+    cmp_.add_argument("b")
+    cmp_.add_argument("--json", action="store_true")
+    cmp_.set_defaults(func=cmd_compare)
+
+    crds = sub.add_parser("crds", help="write the CRDs generated from the API models")
+    crds.add_argument("--out", default="crds")
+    crds.add_argument("--check", action="store_true", help="exit 1 when the files are out of date")
+    crds.set_defaults(func=cmd_crds)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Task metrics, measured on the eval split every run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from distillery.api.job import Task
+from distillery_trainer.teacher import TeacherOutputs
+
+
+@dataclass
+class Quality:
+    accuracy: float  # the task's primary metric, 0..1
+    metric_name: str
+    agreement: float | None = None  # share of predictions equal to the teacher's
+    fidelity: float | None = None  # mean cosine to the teacher's embeddings
+
+
+def knn_accuracy(index_emb: torch.Tensor, index_labels: torch.Tensor,
+                 query_emb: torch.Tensor, query_labels: torch.Tensor, chunk: int = 1024) -> float:
+    """1-nearest-neighbour accuracy by cosine similarity (eval queries against the train split)."""
+    index = F.normalize(index_emb.float(), dim=-1)
+    correct = 0
+    for start in range(0, len(query_emb), chunk):
+        q = F.normalize(query_emb[start:start + chunk].float(), dim=-1)
+        nearest = (q @ index.T).argmax(dim=1)
+        correct += int((index_labels[nearest] == query_labels[start:start + chunk]).sum())
+    return correct / len(query_emb)
+
+
+def classification_quality(logits: torch.Tensor, labels: torch.Tensor,
+                           teacher_logits: torch.Tensor | None) -> Quality:
+    pred = logits.argmax(dim=1)
+    agreement = None
+    if teacher_logits is not None:
+        agreement = float((pred == teacher_logits.argmax(dim=1)).float().mean())
+    return Quality(float((pred == labels).float().mean()), "accuracy", agreement)
+
+
+def embedding_quality(eval_emb: torch.Tensor, teacher_eval: torch.Tensor | None,
+                      train_emb: torch.Tensor | None, train_labels: torch.Tensor | None,
+                      eval_labels: torch.Tensor | None) -> Quality:
+    """kNN accuracy when labels exist (the primary metric), plus cosine fidelity to the teacher."""
+    fidelity = None
+    if teacher_eval is not None:
+        fidelity = float(F.cosine_similarity(eval_emb.float(), teacher_eval.float(), dim=-1).mean())
+    if train_emb is not None and train_labels is not None and eval_labels is not None:
+        acc = knn_accuracy(train_emb, train_labels, eval_emb, eval_labels)
+        agreement = None
+        return Quality(acc, "knn-accuracy", agreement, fidelity)
+    if fidelity is None:
+        raise ValueError("embedding quality needs labels or teacher embeddings")
+    return Quality(fidelity, "cosine-fidelity", None, fidelity)
+
+
+def quality(task: Task, outputs: TeacherOutputs, teacher: TeacherOutputs | None,
+            eval_labels: torch.Tensor | None, train_outputs: TeacherOutputs | None = None,
+            train_labels: torch.Tensor | None = None) -> Quality:
+    """`outputs` are the measured model's eval outputs; `teacher` the teacher's (None for the teacher)."""
+    if task == Task.SENTENCE_EMBEDDING:
+        return embedding_quality(
+            outputs.pooled, None if teacher is None else teacher.pooled,
+            None if train_outputs is None else train_outputs.pooled, train_labels, eval_labels)
+    return classification_quality(outputs.logits, eval_labels, None if teacher is None else teacher.logits)

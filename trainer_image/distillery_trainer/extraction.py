@@ -1,0 +1,97 @@
+"""Choosing which layers a student keeps (depth pruning). Pure functions over scores and sizes."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from distillery.api.job import ExtractionMethod, ImportanceMetric, Student
+from distillery_trainer.errors import InputError
+
+
+def target_size(spec: Student, num_layers: int) -> int:
+    """How many layers to keep, from keepLayers or keepRatio (default: half, at least one)."""
+    if spec.layers is not None and spec.method == ExtractionMethod.EXPLICIT:
+        return len(spec.layers)
+    if spec.keep_layers is not None:
+        k = spec.keep_layers
+    elif spec.keep_ratio is not None:
+        k = max(1, round(spec.keep_ratio * num_layers))
+    else:
+        k = max(1, num_layers // 2)
+    if k > num_layers:
+        raise InputError(f"student.keepLayers: {k} is larger than the teacher's {num_layers} layers")
+    return k
+
+
+def uniform_layers(num_layers: int, k: int) -> list[int]:
+    """Evenly spread layers, always keeping the last (DistilBERT keeps every other layer)."""
+    if k == 1:
+        return [num_layers - 1]
+    step = (num_layers - 1) / (k - 1)
+    return sorted({round(i * step) for i in range(k)})
+
+
+def first_layers(num_layers: int, k: int) -> list[int]:
+    return list(range(k))
+
+
+def top_k_layers(scores: list[float], k: int) -> list[int]:
+    """The k highest-scoring layers in model order (ties broken towards earlier layers)."""
+    ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    return sorted(ranked[:k])
+
+
+def block_scores(
+    inputs: torch.Tensor, outputs: torch.Tensor, mask: torch.Tensor | None, metric: ImportanceMetric
+) -> torch.Tensor:
+    """Per-example importance of one block from its input and output hidden states.
+
+    Block influence (ShortGPT) is 1 - cos(in, out) per token; angular distance is
+    arccos(cos) / pi. A block that barely changes its input scores near zero.
+    """
+    cos = F.cosine_similarity(inputs.float(), outputs.float(), dim=-1).clamp(-1.0, 1.0)
+    if metric == ImportanceMetric.ANGULAR_DISTANCE:
+        per_token = torch.arccos(cos) / math.pi
+    else:
+        per_token = 1.0 - cos
+    if per_token.dim() == 1:  # one vector per example (MLP blocks)
+        return per_token
+    if per_token.dim() == 3:  # conv feature maps reduced over channels: (N, H, W)
+        return per_token.flatten(1).mean(1)
+    weights = mask.float() if mask is not None else torch.ones_like(per_token)
+    return (per_token * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def weight_rms(layer: torch.nn.Module) -> float:
+    """Root-mean-square of a layer's weight matrices (biases and norms left out)."""
+    total, count = 0.0, 0
+    for name, p in layer.named_parameters():
+        if p.dim() >= 2 and "norm" not in name.lower():
+            total += float((p.detach().float() ** 2).sum())
+            count += p.numel()
+    return math.sqrt(total / count) if count else 0.0
+
+
+def weight_range_layers(rms: list[float], low: float, high: float, k: int | None) -> list[int]:
+    """Layers whose weight RMS lies in [low, high]; capped at k by highest RMS when k is set."""
+    inside = [i for i, v in enumerate(rms) if low <= v <= high]
+    if not inside:
+        shown = ", ".join(f"{v:.4f}" for v in rms)
+        raise InputError(
+            f"student.weightRange: no layer has weight RMS in [{low:g}, {high:g}] (layers: {shown})"
+        )
+    if k is not None and len(inside) > k:
+        inside = sorted(sorted(inside, key=lambda i: -rms[i])[:k])
+    return inside
+
+
+def check_explicit(layers: list[int], num_layers: int) -> list[int]:
+    bad = [i for i in layers if i >= num_layers]
+    if bad:
+        raise InputError(
+            f"student.layers: {bad} out of range, the teacher has layers 0..{num_layers - 1}"
+        )
+    return sorted(layers)

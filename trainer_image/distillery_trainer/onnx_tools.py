@@ -1,0 +1,136 @@
+"""ONNX export, int8 quantization and latency measurement with onnxruntime."""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distillery.api.job import Benchmark, Hardware
+from distillery_trainer.errors import InputError
+from distillery_trainer.nets import Net
+
+
+@dataclass
+class Latency:
+    p50_ms: float
+    p95_ms: float
+    mean_ms: float
+    iterations: int
+
+
+def providers_for(hardware: Hardware) -> list[str]:
+    import onnxruntime as ort
+
+    if hardware == Hardware.CUDA:
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise InputError(
+                "targets.hardware is cuda but onnxruntime has no CUDAExecutionProvider here "
+                "(install onnxruntime-gpu on a machine with a GPU, or use hardware: cpu)"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def example_inputs(net: Net, batch_size: int, seq_len: int, feature_shape: tuple[int, ...]) -> tuple:
+    if "input_ids" in net.input_names:
+        ids = torch.full((batch_size, seq_len), 100, dtype=torch.long)
+        return ids, torch.ones(batch_size, seq_len, dtype=torch.long)
+    return (torch.zeros(batch_size, *feature_shape, dtype=torch.float32),)
+
+
+def export_onnx(net: Net, path: Path, example: tuple, opset: int) -> Path:
+    """Export with dynamic batch (and sequence) axes. The TorchScript exporter is fast and quiet;
+    the dynamo exporter is the fallback for models it cannot trace."""
+    module = net.export_module().cpu().eval()
+    names = list(net.input_names)
+    dynamic = {n: {0: "batch", 1: "sequence"} if n != "features" else {0: "batch"} for n in names}
+    dynamic["output"] = {0: "batch"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, example, str(path), input_names=names, output_names=["output"],
+                              dynamic_axes=dynamic, opset_version=opset, dynamo=False)
+        except Exception as legacy_error:  # noqa: BLE001 - fall back to the other exporter
+            logging.getLogger(__name__).info("TorchScript export failed (%s); trying dynamo", legacy_error)
+            dims = {n: {axis: torch.export.Dim.AUTO for axis in axes} for n, axes in dynamic.items() if n in names}
+            torch.onnx.export(module, example, str(path), input_names=names, output_names=["output"],
+                              dynamic_shapes=dims, opset_version=max(opset, 18), dynamo=True)
+    return path
+
+
+def quantize_int8(source: Path, dest: Path) -> Path:
+    """Dynamic int8 quantization of the weights (activations quantized at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime logs a generic pre-processing hint on every call
+    try:
+        quantize_dynamic(str(source), str(dest), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    return dest
+
+
+def session(path: Path, hardware: Hardware, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers_for(hardware))
+
+
+def feed_for(sess, example: tuple) -> dict[str, np.ndarray]:
+    """Feed the benchmark batch to a model by its own input names (token_type_ids as zeros)."""
+    feed = {}
+    by_name = {"input_ids": example[0], "attention_mask": example[-1], "features": example[0]}
+    for inp in sess.get_inputs():
+        if inp.name in by_name:
+            value = by_name[inp.name].numpy()
+        elif inp.name == "token_type_ids":
+            value = np.zeros_like(example[0].numpy())
+        elif len(sess.get_inputs()) == 1:
+            value = example[0].numpy()
+        else:
+            raise InputError(f"cannot feed ONNX input {inp.name!r} for the latency benchmark")
+        feed[inp.name] = value.astype(np.int64) if "int64" in inp.type else value.astype(np.float32)
+    return feed
+
+
+def measure_latency(path: Path, example: tuple, bench: Benchmark, hardware: Hardware) -> Latency:
+    """Warm up, then time `iterations` runs of one fixed batch; p50/p95 in milliseconds."""
+    sess = session(path, hardware, bench.threads)
+    feed = feed_for(sess, example)
+    for _ in range(bench.warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(bench.iterations):
+        start = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - start) * 1000.0)
+    times.sort()
+    p95 = times[min(len(times) - 1, math.ceil(0.95 * len(times)) - 1)]
+    return Latency(statistics.median(times), p95, statistics.fmean(times), len(times))
+
+
+def onnx_outputs(path: Path, batches, hardware: Hardware) -> torch.Tensor:
+    """Run an exported model over batches (to check the round trip and score int8 models)."""
+    sess = session(path, hardware, None)
+    outs = []
+    for batch in batches:
+        example = tuple(batch[n] for n in ("input_ids", "attention_mask") if n in batch) or (batch["features"],)
+        outs.append(torch.from_numpy(sess.run(None, feed_for(sess, tuple(t.cpu() for t in example)))[0]))
+    return torch.cat(outs).float()
+

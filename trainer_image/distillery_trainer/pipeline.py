@@ -1,0 +1,513 @@
+"""One distillation run, stage by stage: load, teacher outputs, extract, train, measure, write.
+
+Every number in the result is measured in this run (or in the run it resumed); nothing is
+assumed. The stages are small functions so each can be read and tested on its own.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from distillery.api.job import (
+    DatasetFormat,
+    DistillationJob,
+    ExportFormat,
+    ExtractionMethod,
+    ModelMetrics,
+    Task,
+    TeacherFormat,
+)
+from distillery.api.result import METRICS_KEY, RESULT_KEY, TrainerResult, TrainingSummary
+from distillery.compare import PROVENANCE
+from distillery.fingerprint import spec_hash, training_fingerprint
+from distillery.store import materialize, open_store
+from distillery.verdict import Measured, decide
+from distillery_trainer import extraction, report
+from distillery_trainer.builtin import BuiltinConfig, BuiltinNet
+from distillery_trainer.checkpoint import Checkpoints, CheckpointState
+from distillery_trainer.data import LabelMap, Split, read_split
+from distillery_trainer.encode import Encoded, encode_features, encode_text
+from distillery_trainer.errors import InputError
+from distillery_trainer.evaluation import Quality, quality
+from distillery_trainer.nets import BuiltinWrapper, HFNet, Net
+from distillery_trainer.onnx_tools import (
+    example_inputs,
+    export_onnx,
+    measure_latency,
+    onnx_outputs,
+    providers_for,
+    quantize_int8,
+)
+from distillery_trainer.progress import Progress
+from distillery_trainer.teacher import (
+    TEXT_TASKS,
+    OnnxTeacher,
+    TeacherOutputs,
+    load_torch_model,
+    torch_outputs,
+)
+from distillery_trainer.training import TrainContext, train
+
+EVAL_BATCH = 64
+
+
+@dataclass
+class Inputs:
+    """Everything loaded before any heavy work: a bad input fails here, in seconds."""
+
+    teacher_path: Path
+    train: Split
+    eval: Split
+    labels: LabelMap | None
+    tokenizer: object | None
+    base_path: Path | None  # student.base, when the teacher has no layers to give
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def fetch(uri: str, field: str, cache: Path, job: DistillationJob) -> Path:
+    try:
+        return materialize(uri, cache, endpoint=job.spec.output.endpoint, region=job.spec.output.region)
+    except Exception as err:
+        raise InputError(f"{field}: {err}") from None
+
+
+# ----------------------------------------------------------------------------- stage: load
+
+
+def needs_labels(task: Task) -> bool:
+    return task != Task.SENTENCE_EMBEDDING
+
+
+def load_tokenizer(path: Path, field: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise InputError(f"{field}: cannot load a tokenizer from {path}: {err}") from None
+
+
+def teacher_label_names(path: Path, fmt: TeacherFormat) -> list[str] | None:
+    """Class names a Hugging Face classifier was trained with (None when generic LABEL_i)."""
+    if fmt != TeacherFormat.HUGGINGFACE:
+        return None
+    import json
+
+    config = json.loads((path / "config.json").read_text())
+    id2label = config.get("id2label") or {}
+    names = [id2label[k] for k in sorted(id2label, key=int)]
+    if not names or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+        return None
+    return names
+
+
+def check_teacher_has_head(path: Path, job: DistillationJob) -> None:
+    import json
+
+    if job.spec.teacher.task != Task.SEQUENCE_CLASSIFICATION:
+        return
+    archs = json.loads((path / "config.json").read_text()).get("architectures") or []
+    if archs and not any("ForSequenceClassification" in a for a in archs):
+        raise InputError(
+            f"teacher.uri: {path} is a {archs[0]} without a classification head; fine-tune it "
+            "first, or use teacher.task sentence-embedding"
+        )
+
+
+def load_inputs(job: DistillationJob, work: Path) -> Inputs:
+    spec = job.spec
+    task = spec.teacher.task
+    if task in TEXT_TASKS and spec.dataset.format != DatasetFormat.JSONL:
+        raise InputError(f"dataset.format: {task.value} needs jsonl text data, not {spec.dataset.format.value}")
+    if task not in TEXT_TASKS and spec.dataset.format != DatasetFormat.NPZ:
+        raise InputError(f"dataset.format: {task.value} needs npz arrays, not {spec.dataset.format.value}")
+    if spec.student.method == ExtractionMethod.WEIGHT_RANGE and spec.student.weight_range is None:
+        raise InputError("student.weightRange: required for method weight-range")
+
+    teacher_path = fetch(spec.teacher.uri, "teacher.uri", work / "teacher", job)
+    if spec.teacher.format == TeacherFormat.HUGGINGFACE:
+        check_teacher_has_head(teacher_path, job)
+    base_path = fetch(spec.student.base.uri, "student.base.uri", work / "base", job) if spec.student.base else None
+
+    ds = spec.dataset
+    train = read_split(fetch(ds.train_uri, "dataset.trainUri", work / "train", job), ds, "train",
+                       ds.max_train_rows, needs_labels(task))
+    evals = read_split(fetch(ds.eval_uri, "dataset.evalUri", work / "eval", job), ds, "eval",
+                       ds.max_eval_rows, needs_labels(task))
+
+    labels = None
+    if train.raw_labels is not None:
+        labels = LabelMap.infer(train.raw_labels, teacher_label_names(teacher_path, spec.teacher.format))
+        train.labels = labels.encode(train.raw_labels, f"{ds.train_uri} (dataset.labelField)")
+        if evals.raw_labels is not None:
+            evals.labels = labels.encode(evals.raw_labels, f"{ds.eval_uri} (dataset.labelField)")
+
+    tokenizer = None
+    if task in TEXT_TASKS:
+        if spec.teacher.format == TeacherFormat.ONNX:
+            tok_uri = spec.teacher.tokenizer_uri
+            tok_path = fetch(tok_uri, "teacher.tokenizerUri", work / "tokenizer", job) if tok_uri else base_path
+            if tok_path is None:
+                raise InputError("teacher.tokenizerUri: an ONNX text teacher needs a tokenizer")
+            tokenizer = load_tokenizer(tok_path, "teacher.tokenizerUri")
+        else:
+            tokenizer = load_tokenizer(teacher_path, "teacher.uri")
+    return Inputs(teacher_path, train, evals, labels, tokenizer, base_path)
+
+
+def encode(split: Split, inputs: Inputs, job: DistillationJob) -> Encoded:
+    if inputs.tokenizer is not None:
+        return encode_text(split, inputs.tokenizer, job.spec.dataset.max_sequence_length)
+    return encode_features(split)
+
+
+# ----------------------------------------------------------------------------- stage: teacher
+
+
+@dataclass
+class TeacherSide:
+    net: Net | None  # None for an ONNX teacher
+    onnx: OnnxTeacher | None
+    train: TeacherOutputs
+    eval: TeacherOutputs
+
+
+def teacher_outputs(job, inputs, train_data, eval_data, store, device, progress) -> TeacherSide:
+    spec = job.spec
+    num_labels = len(inputs.labels) if inputs.labels is not None else None
+    net = onnx = None
+    if spec.teacher.format == TeacherFormat.ONNX:
+        onnx = OnnxTeacher(inputs.teacher_path, spec.teacher.task, providers_for(spec.targets.hardware))
+    else:
+        net = load_torch_model(inputs.teacher_path, spec.teacher.format, spec.teacher.task, num_labels)
+        if num_labels is not None and spec.teacher.task != Task.SENTENCE_EMBEDDING:
+            out_dim = net.model.config.num_labels if isinstance(net, HFNet) else net.model.config.num_classes
+            if out_dim != num_labels:
+                raise InputError(f"dataset has {num_labels} classes but the teacher predicts {out_dim}")
+
+    # Teacher outputs are computed once and cached in the store: reused across epochs and resumes.
+    key = f"cache/teacher-outputs-{training_fingerprint(spec)}.safetensors"
+    if store.exists(key):
+        tensors = load_safetensors(store.read_bytes(key))
+        progress.log("reusing cached teacher outputs")
+        return TeacherSide(net, onnx, TeacherOutputs.from_tensors(tensors, "train"),
+                           TeacherOutputs.from_tensors(tensors, "eval"))
+    if onnx is not None:
+        train_out, eval_out = onnx.outputs(train_data, EVAL_BATCH), onnx.outputs(eval_data, EVAL_BATCH)
+        if num_labels is not None and train_out.logits is not None and train_out.logits.shape[1] != num_labels:
+            raise InputError(
+                f"dataset has {num_labels} classes but the ONNX teacher predicts {train_out.logits.shape[1]}")
+    else:
+        net.to(device)
+        train_out = torch_outputs(net, train_data, EVAL_BATCH, device)
+        progress.fraction(0.8)
+        eval_out = torch_outputs(net, eval_data, EVAL_BATCH, device)
+        net.cpu()
+    store.write_bytes(key, save_safetensors({**train_out.as_tensors("train"), **eval_out.as_tensors("eval")}))
+    return TeacherSide(net, onnx, train_out, eval_out)
+
+
+# ----------------------------------------------------------------------------- stage: student
+
+
+def student_source(job: DistillationJob, inputs: Inputs, teacher: TeacherSide, train_data: Encoded) -> Net:
+    """The model whose layers are extracted: the teacher itself, student.base, or a fresh net."""
+    spec = job.spec
+    num_labels = len(inputs.labels) if inputs.labels is not None else None
+    if teacher.net is not None and spec.student.base is None and spec.student.architecture is None:
+        return teacher.net
+    if spec.student.base is not None:
+        return load_torch_model(inputs.base_path, spec.student.base.format, spec.teacher.task, num_labels)
+    arch = spec.student.architecture
+    if spec.teacher.task in TEXT_TASKS:
+        raise InputError("student.architecture: built-in architectures are for array data; use student.base for text")
+    if num_labels is None:
+        raise InputError("student.architecture: needs labels to size the classifier head")
+    features = train_data.tensors["features"]
+    torch.manual_seed(spec.distillation.seed)
+    shape = list(features.shape[1:])
+    config = BuiltinConfig(
+        architecture=arch.name, num_classes=num_labels, hidden_size=arch.hidden_size,
+        num_blocks=arch.num_blocks, input_dim=int(torch.tensor(shape).prod()),
+        in_channels=shape[0] if len(shape) == 3 else 1,
+        image_size=shape[-2:] if len(shape) >= 2 else _square(shape[0]),
+    )
+    return BuiltinWrapper(BuiltinNet(config), spec.teacher.task)
+
+
+def _square(n: int) -> list[int]:
+    side = int(round(n ** 0.5))
+    return [side, side] if side * side == n else [1, n]
+
+
+@torch.no_grad()
+def importance_scores(net: Net, data: Encoded, job: DistillationJob, device: torch.device) -> list[float]:
+    """Mean block score per layer over calibration batches from the train split."""
+    spec = job.spec.student
+    net.to(device).eval()
+    n_layers = net.num_layers()
+    totals = torch.zeros(n_layers, dtype=torch.float64)
+    count = 0
+    batch_size = min(32, job.spec.distillation.batch_size)
+    for i, batch in enumerate(data.batches(batch_size, device)):
+        if i >= spec.calibration_batches:
+            break
+        hs = net.outputs(batch, hidden_states=True).hidden_states
+        mask = batch.get("attention_mask")
+        for layer in range(n_layers):
+            totals[layer] += extraction.block_scores(hs[layer], hs[layer + 1], mask, spec.importance_metric).sum().double().cpu()
+        count += hs[0].shape[0]
+    return [round(float(v) / max(count, 1), 6) for v in totals]
+
+
+def select_layers(net: Net, data: Encoded, job: DistillationJob, device) -> tuple[list[int], list[float]]:
+    spec = job.spec.student
+    n = net.num_layers()
+    k = extraction.target_size(spec, n)
+    method = spec.method
+    if method == ExtractionMethod.EXPLICIT:
+        return extraction.check_explicit(spec.layers, n), []
+    if method == ExtractionMethod.UNIFORM:
+        return extraction.uniform_layers(n, k), []
+    if method == ExtractionMethod.FIRST:
+        return extraction.first_layers(n, k), []
+    if method == ExtractionMethod.WEIGHT_RANGE:
+        rms = [round(extraction.weight_rms(layer), 6) for layer in net.layer_list()]
+        cap = spec.keep_layers if spec.keep_layers is not None else (k if spec.keep_ratio is not None else None)
+        return extraction.weight_range_layers(rms, spec.weight_range.min, spec.weight_range.max, cap), rms
+    scores = importance_scores(net, data, job, device)
+    return extraction.top_k_layers(scores, k), scores
+
+
+# ----------------------------------------------------------------------------- stage: measure
+
+
+@torch.no_grad()
+def student_outputs(net: Net, data: Encoded, device) -> TeacherOutputs:
+    return torch_outputs(net, data, EVAL_BATCH, device)
+
+
+def metrics(q: Quality, latency, params: int, size: int, layers: int | None) -> ModelMetrics:
+    return ModelMetrics(
+        accuracy=round(q.accuracy, 6), metric_name=q.metric_name,
+        agreement=None if q.agreement is None else round(q.agreement, 6),
+        fidelity=None if q.fidelity is None else round(q.fidelity, 6),
+        latency_p50_ms=round(latency.p50_ms, 4), latency_p95_ms=round(latency.p95_ms, 4),
+        parameters=params, size_bytes=size, num_layers=layers,
+    )
+
+
+def onnx_parameter_count(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    total = 0
+    for init in model.graph.initializer:
+        n = 1
+        for d in init.dims:
+            n *= d
+        total += n
+    return total
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run(job: DistillationJob, *, restart: bool = False, progress: Progress | None = None) -> TrainerResult:
+    spec = job.spec
+    started = now()
+    store = open_store(spec.output.uri, endpoint=spec.output.endpoint, region=spec.output.region)
+    progress = progress or Progress(store)
+    progress.store = store
+    fingerprint, whole_hash = training_fingerprint(spec), spec_hash(spec)
+
+    if restart:
+        store.delete_prefix("checkpoints/")
+        store.delete_prefix("cache/")
+        store.delete(RESULT_KEY)
+    elif store.exists(RESULT_KEY):
+        previous = TrainerResult.model_validate(store.read_json(RESULT_KEY))
+        if previous.spec_hash == whole_hash:
+            progress.log(f"this job already finished: {store.uri_for(RESULT_KEY)} (use --restart to run again)")
+            progress.finish()
+            return previous
+
+    device = pick_device()
+    torch.manual_seed(spec.distillation.seed)
+    work = Path(tempfile.mkdtemp(prefix="distillery-"))
+    try:
+        return _run_stages(job, store, progress, fingerprint, whole_hash, started, device, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_stages(job, store, progress, fingerprint, whole_hash, started, device, work) -> TrainerResult:
+    spec = job.spec
+    task, hardware = spec.teacher.task, spec.targets.hardware
+    providers_for(hardware)  # fail now, not after training, when the hardware cannot be measured
+
+    progress.stage("loading", f"teacher {spec.teacher.uri}")
+    inputs = load_inputs(job, work)
+    train_data, eval_data = encode(inputs.train, inputs, job), encode(inputs.eval, inputs, job)
+    progress.log(f"{len(train_data)} train rows, {len(eval_data)} eval rows, device {device.type}")
+
+    checkpoints = Checkpoints(store, fingerprint)
+    state = checkpoints.latest()
+
+    progress.stage("teacher-outputs", "computing the teacher's outputs once")
+    teacher = teacher_outputs(job, inputs, train_data, eval_data, store, device, progress)
+
+    progress.stage("selecting-layers", f"method {spec.student.method.value}")
+    source = student_source(job, inputs, teacher, train_data)
+    resume_payload = None
+    if state is None:
+        layers, scores = select_layers(source, train_data, job, device)
+        state = CheckpointState(fingerprint, layers, scores, epoch=0, step_in_epoch=0, global_step=0)
+        student = source.with_layers(layers)
+    else:
+        progress.log(f"resuming from step {state.global_step} (epoch {state.epoch + 1})")
+        student = source.with_layers(state.layers)
+        weights, resume_payload = checkpoints.load_weights(state)
+        student.load_state_dict(weights)
+    resumed_from = state.global_step or None
+    if source is teacher.net:
+        source.cpu()
+    progress.log(f"keeping layers {state.layers} of {source.num_layers()}"
+                 + (f" (scores {state.layer_scores})" if state.layer_scores else ""))
+
+    progress.stage("training", f"{spec.distillation.epochs} epochs, T={spec.distillation.temperature:g}, "
+                   f"alpha={spec.distillation.alpha:g}")
+    t0 = time.perf_counter()
+    if not state.finished:
+        train(TrainContext(student, train_data, teacher.train, spec.distillation, task, device,
+                           checkpoints, state, progress), resume_payload)
+    train_seconds = time.perf_counter() - t0
+    student.to(device).eval()
+
+    progress.stage("evaluating")
+    labels_eval, labels_train = eval_data.labels, train_data.labels
+    student_eval = student_outputs(student, eval_data, device)
+    student_train = student_outputs(student, train_data, device) if task == Task.SENTENCE_EMBEDDING else None
+    q_student = quality(task, student_eval, teacher.eval, labels_eval, student_train, labels_train)
+    q_teacher = quality(task, teacher.eval, None, labels_eval, teacher.train, labels_train)
+    student.cpu()
+
+    progress.stage("exporting")
+    staging = work / "artifacts"
+    weights_dir = staging / "model"
+    student.save(weights_dir)
+    write_provenance(weights_dir, job, state.layers, teacher_layers_of(teacher))
+    feature_shape = tuple(train_data.tensors["features"].shape[1:]) if "features" in train_data.tensors else ()
+    example = example_inputs(student, spec.benchmark.batch_size, spec.benchmark.sequence_length, feature_shape)
+    student_onnx = export_onnx(student, staging / "model.onnx", example, spec.export.opset)
+    if teacher.onnx is not None:
+        teacher_onnx = teacher.onnx.path
+        teacher_params = onnx_parameter_count(teacher_onnx)
+        teacher_layers = None
+    else:
+        teacher_onnx = export_onnx(teacher.net, work / "teacher.onnx", example, spec.export.opset)
+        teacher_params, teacher_layers = teacher.net.parameter_count(), teacher.net.num_layers()
+    check_batches = list(eval_data.batches(EVAL_BATCH))[:1]
+    onnx_check = onnx_outputs(student_onnx, check_batches, hardware)
+    ref = student_outputs(student, Encoded({k: v[:EVAL_BATCH] for k, v in eval_data.tensors.items()}, None), torch.device("cpu"))
+    ref_tensor = ref.logits if ref.logits is not None else ref.pooled
+    onnx_diff = float((onnx_check - ref_tensor).abs().max())
+    int8_path = quantize_int8(student_onnx, staging / "model.int8.onnx") if spec.export.int8 else None
+
+    progress.stage("benchmarking", f"onnxruntime on {hardware.value}, batch {spec.benchmark.batch_size}")
+    lat_teacher = measure_latency(teacher_onnx, example, spec.benchmark, hardware)
+    progress.fraction(0.4)
+    lat_student = measure_latency(student_onnx, example, spec.benchmark, hardware)
+    teacher_m = metrics(q_teacher, lat_teacher, teacher_params, teacher_onnx.stat().st_size, teacher_layers)
+    student_m = metrics(q_student, lat_student, student.parameter_count(), student_onnx.stat().st_size,
+                        student.num_layers())
+    int8_m = None
+    if int8_path is not None:
+        progress.fraction(0.7)
+        lat_int8 = measure_latency(int8_path, example, spec.benchmark, hardware)
+        int8_eval = onnx_outputs(int8_path, eval_data.batches(EVAL_BATCH), hardware)
+        int8_out = TeacherOutputs(None if task == Task.SENTENCE_EMBEDDING else int8_eval,
+                                  int8_eval if task == Task.SENTENCE_EMBEDDING else None)
+        int8_train = None
+        if task == Task.SENTENCE_EMBEDDING:
+            int8_train = TeacherOutputs(None, onnx_outputs(int8_path, train_data.batches(EVAL_BATCH), hardware))
+        q_int8 = quality(task, int8_out, teacher.eval, labels_eval, int8_train, labels_train)
+        int8_m = metrics(q_int8, lat_int8, student_m.parameters, int8_path.stat().st_size, student.num_layers())
+
+    scores, verdict = decide(
+        spec.targets,
+        Measured(teacher_m.accuracy, teacher_m.latency_p50_ms, teacher_m.size_bytes, teacher_params),
+        Measured(student_m.accuracy, student_m.latency_p50_ms, student_m.size_bytes, student_m.parameters),
+    )
+
+    progress.stage("writing", f"artifacts to {store.uri_for('')}")
+    result = TrainerResult(
+        job=job.metadata.name, task=task, hardware=hardware, fingerprint=fingerprint, spec_hash=whole_hash,
+        teacher_uri=spec.teacher.uri, teacher=teacher_m, student=student_m, student_int8=int8_m,
+        teacher_layers=teacher_layers, layers_kept=state.layers, layer_scores=state.layer_scores,
+        speedup=round(scores.speedup, 4), accuracy_retention=round(scores.accuracy_retention, 6),
+        compression_ratio=round(scores.compression_ratio, 4), pareto_score=round(scores.pareto_score, 6),
+        decision={"accepted": verdict.accepted, "reasons": verdict.reasons},
+        artifacts=artifact_uris(store, spec, int8_path is not None),
+        training=TrainingSummary(epochs=spec.distillation.epochs, steps=state.global_step,
+                                 seconds=round(train_seconds, 2), device=device.type,
+                                 history=state.history, resumed_from_step=resumed_from),
+        onnx_max_abs_diff=round(onnx_diff, 8), start_time=started, completion_time=now(),
+    )
+    write_artifacts(store, spec, staging, weights_dir, result, job)
+    progress.finish()
+    return result
+
+
+def teacher_layers_of(teacher: TeacherSide) -> int | None:
+    return None if teacher.net is None else teacher.net.num_layers()
+
+
+def write_provenance(weights_dir: Path, job: DistillationJob, layers: list[int], teacher_layers: int | None) -> None:
+    """Where the student came from, next to its weights (read by `distillery compare`)."""
+    import json
+
+    body = {"teacherUri": job.spec.teacher.uri, "teacherLayers": teacher_layers, "layersKept": layers,
+            "task": job.spec.teacher.task.value, "job": job.metadata.name}
+    (weights_dir / PROVENANCE).write_text(json.dumps(body, indent=2) + "\n")
+
+
+def artifact_uris(store, spec, has_int8: bool) -> dict:
+    out = {"uri": store.uri_for(""), "metrics": store.uri_for(METRICS_KEY),
+           "result": store.uri_for(RESULT_KEY), "model_card": store.uri_for("README.md")}
+    if ExportFormat.ONNX in spec.export.formats:
+        out["onnx"] = store.uri_for("model.onnx")
+        if has_int8:
+            out["onnx_int8"] = store.uri_for("model.int8.onnx")
+    if ExportFormat.SAFETENSORS in spec.export.formats:
+        out["weights"] = store.uri_for("model/")
+    return out
+
+
+def write_artifacts(store, spec, staging: Path, weights_dir: Path, result: TrainerResult, job) -> None:
+    """Upload every artifact; result.json goes last so its presence means the set is complete."""
+    if ExportFormat.SAFETENSORS in spec.export.formats:
+        store.upload_tree(weights_dir, "model")
+    if ExportFormat.ONNX in spec.export.formats:
+        store.upload_file(staging / "model.onnx", "model.onnx")
+        if (staging / "model.int8.onnx").is_file():
+            store.upload_file(staging / "model.int8.onnx", "model.int8.onnx")
+    store.write_json(METRICS_KEY, report.metrics_document(result))
+    store.write_text("README.md", report.model_card(result, job))
+    store.write_json(RESULT_KEY, result.to_wire())

@@ -1,0 +1,109 @@
+"""How a result is shown: the terminal table, metrics.json and the model card."""
+
+from __future__ import annotations
+
+from distillery.api.result import TrainerResult
+
+
+def _fmt(value, spec: str = ".4f", suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    return f"{value:{spec}}{suffix}"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def table(result: TrainerResult) -> str:
+    """Teacher vs student (and int8 when measured), then the derived scores and the verdict."""
+    cols = [("teacher", result.teacher), ("student", result.student)]
+    if result.student_int8 is not None:
+        cols.append(("student int8", result.student_int8))
+    metric = result.student.metric_name or "accuracy"
+    rows = [
+        (metric, [_fmt(m.accuracy) for _, m in cols]),
+        ("agreement w/ teacher", ["-"] + [_fmt(m.agreement) for _, m in cols[1:]]),
+        ("fidelity (cosine)", ["-"] + [_fmt(m.fidelity) for _, m in cols[1:]]),
+        ("latency p50", [_fmt(m.latency_p50_ms, ".2f", " ms") for _, m in cols]),
+        ("latency p95", [_fmt(m.latency_p95_ms, ".2f", " ms") for _, m in cols]),
+        ("parameters", [f"{m.parameters:,}" if m.parameters else "-" for _, m in cols]),
+        ("size (onnx)", [_size(m.size_bytes) for _, m in cols]),
+        ("layers", [str(m.num_layers) if m.num_layers else "-" for _, m in cols]),
+    ]
+    rows = [r for r in rows if any(v != "-" for v in r[1])]
+    width0 = max(len(r[0]) for r in rows)
+    widths = [max(len(name), *(len(r[1][i]) for r in rows)) for i, (name, _) in enumerate(cols)]
+    lines = ["  ".join([" " * width0] + [name.rjust(w) for (name, _), w in zip(cols, widths, strict=True)])]
+    for label, values in rows:
+        lines.append("  ".join([label.ljust(width0)] + [v.rjust(w) for v, w in zip(values, widths, strict=True)]))
+    lines.append("")
+    lines.append(f"layers kept        {result.layers_kept} of {result.teacher_layers or '?'}")
+    lines.append(f"speedup            {result.speedup:.2f}x  ({result.hardware.value}, onnxruntime)")
+    lines.append(f"accuracy retention {result.accuracy_retention:.4f}")
+    lines.append(f"compression ratio  {result.compression_ratio:.2f}x")
+    lines.append(f"pareto score       {result.pareto_score:.4f}")
+    verdict = "ACCEPTED" if result.decision.accepted else "REJECTED"
+    lines.append(f"verdict            {verdict}")
+    lines.extend(f"  - {reason}" for reason in result.decision.reasons)
+    lines.append(f"artifacts          {result.artifacts.uri}")
+    return "\n".join(lines)
+
+
+def metrics_document(result: TrainerResult) -> dict:
+    """The measured numbers alone (result.json adds the decision and the provenance)."""
+    doc = {
+        "teacher": result.teacher.to_wire(),
+        "student": result.student.to_wire(),
+        "speedup": result.speedup,
+        "accuracyRetention": result.accuracy_retention,
+        "compressionRatio": result.compression_ratio,
+        "paretoScore": result.pareto_score,
+        "layersKept": result.layers_kept,
+        "layerScores": result.layer_scores,
+        "hardware": result.hardware.value,
+    }
+    if result.student_int8 is not None:
+        doc["studentInt8"] = result.student_int8.to_wire()
+    if result.training is not None:
+        doc["training"] = result.training.to_wire()
+    return doc
+
+
+def model_card(result: TrainerResult, job) -> str:
+    spec = job.spec
+    d = spec.distillation
+    verdict = "accepted" if result.decision.accepted else "rejected"
+    return f"""# {result.job}: distilled student
+
+Distilled by Distillery from `{result.teacher_uri}` ({spec.teacher.format.value}, task
+`{result.task.value}`).
+
+## How
+- Layer extraction: method `{spec.student.method.value}`, kept layers {result.layers_kept} of
+  {result.teacher_layers or "the source model's"} layers.
+- Layer scores ({spec.student.importance_metric.value if spec.student.method.value == "importance" else spec.student.method.value}): {result.layer_scores or "n/a"}
+- Knowledge distillation: temperature {d.temperature:g}, alpha {d.alpha:g}, {d.epochs} epochs,
+  learning rate {d.learning_rate:g}, batch size {d.batch_size}, seed {d.seed}, hidden loss
+  `{d.hidden_loss.type.value}`.
+- Data: train `{spec.dataset.train_uri}`, eval `{spec.dataset.eval_uri}`.
+
+## Measured (eval split; latency with onnxruntime on {result.hardware.value}, batch {spec.benchmark.batch_size}{", sequence " + str(spec.benchmark.sequence_length) if result.task.value in ("sequence-classification", "sentence-embedding") else ""})
+
+```
+{table(result)}
+```
+
+Verdict: **{verdict}**.
+
+## Files
+- `model/`: weights (safetensors) and config
+- `model.onnx`{" and `model.int8.onnx`" if result.student_int8 else ""}: for onnxruntime
+- `metrics.json`, `result.json`: the numbers above
+"""

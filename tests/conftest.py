@@ -188,3 +188,10 @@ def s3_env(minio: MinioServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
     no_proxy = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1", "localhost"]))
     monkeypatch.setenv("NO_PROXY", no_proxy)
     yield minio.make_bucket()
+
+
+# ------------------------------------------------------------------------------------------
+# Shared model fixtures
+# ------------------------------------------------------------------------------------------
+
+from tests.digits import digits_workspace  # noqa: E402, F401 - a session fixture for trainer and cluster tests

@@ -61,6 +61,18 @@ def cmd_crds(args) -> int:
     return crdgen.main(argv)
 
 
+def cmd_operator(args) -> int:
+    try:
+        from distillery.controller.main import run
+    except ImportError as err:
+        print(f"error: the operator is not installed ({err}); pip install 'distillery[operator]'", file=sys.stderr)
+        return EXIT_ERROR
+    import os
+
+    namespaces = args.namespace or [n for n in os.environ.get("DISTILLERY_NAMESPACES", "").split(",") if n]
+    return run(namespaces, args.liveness, args.verbose)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillery", description="Distill teacher models into fast students.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--out", default="crds")
     crds.add_argument("--check", action="store_true", help="exit 1 when the files are out of date")
     crds.set_defaults(func=cmd_crds)
+    op = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
+    op.add_argument("--namespace", action="append", help="watch this namespace (repeatable; default: all)")
+    op.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="liveness endpoint URL ('' to disable)")
+    op.add_argument("--verbose", action="store_true")
+    op.set_defaults(func=cmd_operator)
     return parser
 
 

@@ -318,6 +318,7 @@ class S3Store(Store):
         *,
         endpoint: str | None = None,
         region: str | None = None,
+        credentials: dict[str, str] | None = None,
     ):
         import boto3  # only S3 users pay for importing boto3
         from botocore.config import Config
@@ -333,7 +334,11 @@ class S3Store(Store):
             or os.environ.get("AWS_DEFAULT_REGION")
             or "us-east-1"
         )
-        self._client = boto3.session.Session().client(
+        # Explicit credentials (the operator's, read from a job's Secret) beat the environment.
+        keys = {"AWS_ACCESS_KEY_ID": "aws_access_key_id", "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
+                "AWS_SESSION_TOKEN": "aws_session_token"}
+        session_args = {arg: (credentials or {}).get(env) for env, arg in keys.items() if (credentials or {}).get(env)}
+        self._client = boto3.session.Session(**session_args).client(
             "s3",
             endpoint_url=self.endpoint,
             region_name=region,
@@ -511,12 +516,17 @@ def split_uri(uri: str) -> tuple[str, str]:
     )
 
 
-def open_store(uri: str, *, endpoint: str | None = None, region: str | None = None) -> Store:
-    """The store rooted at uri (s3://bucket/prefix, file://..., or a local path)."""
+def open_store(uri: str, *, endpoint: str | None = None, region: str | None = None,
+               credentials: dict[str, str] | None = None) -> Store:
+    """The store rooted at uri (s3://bucket/prefix, file://..., or a local path).
+
+    `credentials` (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_SESSION_TOKEN) are used
+    for S3 instead of the environment's.
+    """
     uri = os.fspath(uri)
     root, key = split_uri(uri)
     if root.startswith("s3://"):
-        return S3Store(root[len("s3://") :], key, endpoint=endpoint, region=region)
+        return S3Store(root[len("s3://") :], key, endpoint=endpoint, region=region, credentials=credentials)
     return FileStore("/" + key)
 
 

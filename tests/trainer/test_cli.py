@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.trainer.conftest import digits_job_document
+from tests.digits import digits_job_document
 
 FAST = {"distillation": {"epochs": 2}}
 

@@ -19,7 +19,7 @@ def quiet():
 @pytest.fixture(scope="module")
 def distilled(digits_workspace, tmp_path_factory):
     from distillery.api import load_job
-    from tests.trainer.conftest import digits_job_document
+    from tests.digits import digits_job_document
 
     out = tmp_path_factory.mktemp("distilled")
     trained = run(load_job(digits_job_document(digits_workspace, out / "kd", export={"int8": True})), progress=quiet())
@@ -80,7 +80,7 @@ def test_reproducible_on_cpu(digits_job):
 
 @pytest.mark.parametrize(("student", "expected"), [
     ({"method": "first", "keepLayers": 3}, [0, 1, 2]),
-    ({"method": "uniform", "keepRatio": 0.5}, [0, 2, 5]),
+    ({"method": "uniform", "keepRatio": 0.5, "keepLayers": None}, [0, 2, 5]),
     ({"method": "explicit", "layers": [5, 1]}, [1, 5]),
 ])
 def test_fixed_methods_keep_the_expected_layers(digits_job, student, expected):

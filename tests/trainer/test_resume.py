@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from tests.trainer.conftest import digits_job_document
+from tests.digits import digits_job_document
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(digits_workspace, tmp_path, write_job_file):

@@ -64,9 +64,10 @@ class Checkpoints:
         torch.save(optimizer_payload, buffer)
         self.store.write_bytes(f"{folder}/optimizer.pt", buffer.getvalue())
         self.store.write_json(LATEST, {"step": folder, "state": asdict(state)})
-        for key in self.store.list_keys("checkpoints/"):
-            if key.startswith("checkpoints/step-") and not key.startswith(folder + "/"):
-                self.store.delete(key)
+        older = {key.split("/")[1] for key in self.store.list_keys("checkpoints/")
+                 if key.startswith("checkpoints/step-") and not key.startswith(folder + "/")}
+        for step in older:
+            self.store.delete_prefix(f"checkpoints/{step}/")
 
     def clear(self) -> None:
         self.store.delete_prefix("checkpoints/")

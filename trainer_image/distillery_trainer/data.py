@@ -34,11 +34,14 @@ class LabelMap:
         self._ids = {n: i for i, n in enumerate(names)}
 
     @classmethod
-    def infer(cls, raw_labels: list, fixed: list[str] | None = None) -> LabelMap:
+    def infer(cls, raw_labels: list, fixed: list[str] | None = None, num_classes: int | None = None) -> LabelMap:
+        """Names from the teacher when it has them; integer labels are ids (as many classes as
+        the teacher predicts, when known); other labels are class names in sorted order."""
         if fixed:
             return cls(fixed)
         if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in raw_labels):
-            return cls([str(i) for i in range(int(max(raw_labels)) + 1)])
+            count = max(int(max(raw_labels)) + 1, num_classes or 0)
+            return cls([str(i) for i in range(count)])
         return cls(sorted({str(v) for v in raw_labels}))
 
     def __len__(self) -> int:
@@ -105,7 +108,7 @@ def read_npz(path: Path, spec: Dataset, name: str, max_rows: int | None, need_la
             f"{path}: no array {spec.features_field!r} (dataset.featuresField); has {sorted(arrays.files)}"
         )
     x = np.asarray(arrays[spec.features_field], dtype=np.float32)
-    y = arrays[spec.label_field] if spec.label_field in arrays else None
+    y = arrays.get(spec.label_field, None)
     if y is None and need_labels:
         raise InputError(f"{path}: no label array {spec.label_field!r} (dataset.labelField)")
     if y is not None and len(y) != len(x):

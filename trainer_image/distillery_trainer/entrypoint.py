@@ -8,6 +8,7 @@ compact JSON result goes to the termination-message file when there is one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -17,7 +18,13 @@ from pathlib import Path
 import yaml
 
 from distillery.api import SpecError, load_job, load_job_file
-from distillery.api.result import EXIT_ERROR, EXIT_INVALID, TrainerResult, error_message
+from distillery.api.result import (
+    EXIT_ERROR,
+    EXIT_INVALID,
+    EXIT_REJECTED,
+    TrainerResult,
+    error_message,
+)
 from distillery.store import StoreError
 from distillery_trainer.errors import InputError
 
@@ -27,10 +34,8 @@ TERMINATION_LOG = "/dev/termination-log"
 def _write_termination(text: str, path: str | None) -> None:
     target = path or (TERMINATION_LOG if os.path.exists(TERMINATION_LOG) else None)
     if target:
-        try:
+        with contextlib.suppress(OSError):
             Path(target).write_text(text)
-        except OSError:
-            pass
 
 
 def run_job(job, *, restart: bool = False, termination_path: str | None = None,
@@ -81,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         from distillery_trainer.report import table
 
         print(table(result))
+        if code == EXIT_REJECTED and os.environ.get("DISTILLERY_REJECTED_EXIT_CODE"):
+            # In the cluster a rejected student is a finished run; the verdict is in the result.
+            return int(os.environ["DISTILLERY_REJECTED_EXIT_CODE"])
     return code
 
 

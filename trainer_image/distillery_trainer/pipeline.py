@@ -58,6 +58,9 @@ from distillery_trainer.teacher import (
 from distillery_trainer.training import TrainContext, train
 
 EVAL_BATCH = 64
+# Any one of these makes a directory a tokenizer (fast tokenizer, WordPiece, BPE, SentencePiece).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
 
 
 @dataclass
@@ -97,6 +100,9 @@ def needs_labels(task: Task) -> bool:
 def load_tokenizer(path: Path, field: str):
     from transformers import AutoTokenizer
 
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        # transformers 5 would build an empty tokenizer (every word [UNK]) without complaint.
+        raise InputError(f"{field}: no tokenizer files in {path} (expected one of {', '.join(TOKENIZER_FILES)})")
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as err:
@@ -115,6 +121,22 @@ def teacher_label_names(path: Path, fmt: TeacherFormat) -> list[str] | None:
     if not names or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
         return None
     return names
+
+
+def teacher_class_count(path: Path, fmt: TeacherFormat) -> int | None:
+    """How many classes the teacher predicts, read from its config or ONNX output shape."""
+    import json
+
+    if fmt == TeacherFormat.ONNX:
+        import onnx
+
+        file = path if path.is_file() else next(iter(sorted(path.glob("*.onnx"))), None)
+        if file is None:
+            return None
+        dims = onnx.load(str(file), load_external_data=False).graph.output[0].type.tensor_type.shape.dim
+        return dims[-1].dim_value or None if dims else None
+    config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+    return config.get("num_classes") or (len(config["id2label"]) if config.get("id2label") else None)
 
 
 def check_teacher_has_head(path: Path, job: DistillationJob) -> None:
@@ -153,7 +175,12 @@ def load_inputs(job: DistillationJob, work: Path) -> Inputs:
 
     labels = None
     if train.raw_labels is not None:
-        labels = LabelMap.infer(train.raw_labels, teacher_label_names(teacher_path, spec.teacher.format))
+        fmt = spec.teacher.format
+        count = teacher_class_count(teacher_path, fmt) if task != Task.SENTENCE_EMBEDDING else None
+        names = spec.teacher.labels or teacher_label_names(teacher_path, fmt)
+        if names is None and base_path is not None:  # ONNX teacher: its classes are student.base's
+            names = teacher_label_names(base_path, spec.student.base.format)
+        labels = LabelMap.infer(train.raw_labels, names, count)
         train.labels = labels.encode(train.raw_labels, f"{ds.train_uri} (dataset.labelField)")
         if evals.raw_labels is not None:
             evals.labels = labels.encode(evals.raw_labels, f"{ds.eval_uri} (dataset.labelField)")
@@ -195,7 +222,8 @@ def teacher_outputs(job, inputs, train_data, eval_data, store, device, progress)
     if spec.teacher.format == TeacherFormat.ONNX:
         onnx = OnnxTeacher(inputs.teacher_path, spec.teacher.task, providers_for(spec.targets.hardware))
     else:
-        net = load_torch_model(inputs.teacher_path, spec.teacher.format, spec.teacher.task, num_labels)
+        # Load the teacher as it is (never resize its head), then check it fits the data.
+        net = load_torch_model(inputs.teacher_path, spec.teacher.format, spec.teacher.task, None)
         if num_labels is not None and spec.teacher.task != Task.SENTENCE_EMBEDDING:
             out_dim = net.model.config.num_labels if isinstance(net, HFNet) else net.model.config.num_classes
             if out_dim != num_labels:

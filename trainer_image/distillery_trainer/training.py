@@ -57,10 +57,10 @@ def step_loss(ctx: TrainContext, batch: dict, index: torch.Tensor) -> torch.Tens
     labels = None if ctx.data.labels is None else ctx.data.labels[index].to(ctx.device)
     loss = kd_loss(out.logits.float(), ctx.teacher.logits[index].to(ctx.device), labels,
                    spec.temperature, spec.alpha)
-    if spec.hidden_loss.type != HiddenLossType.NONE and teacher_pooled is not None:
-        if out.pooled.shape[-1] == teacher_pooled.shape[-1]:
-            loss = loss + spec.hidden_loss.weight * hidden_loss(
-                out.pooled.float(), teacher_pooled, spec.hidden_loss.type)
+    # The hidden-state term needs matching widths (an ONNX teacher or a narrower student has none).
+    if (spec.hidden_loss.type != HiddenLossType.NONE and teacher_pooled is not None
+            and out.pooled.shape[-1] == teacher_pooled.shape[-1]):
+        loss = loss + spec.hidden_loss.weight * hidden_loss(out.pooled.float(), teacher_pooled, spec.hidden_loss.type)
     return loss
 
 

@@ -83,6 +83,12 @@ class Teacher(ApiModel):
         default=None,
         description="Tokenizer directory for an ONNX text teacher (default: the student base's)",
     )
+    labels: list[str] | None = Field(
+        default=None,
+        max_length=10000,
+        description="class names in the order of the teacher's outputs (default: the teacher's or "
+        "student base's id2label, else the sorted label values)",
+    )
 
 
 class Dataset(ApiModel):
@@ -246,6 +252,16 @@ class Resources(ApiModel):
 
 
 class DistillationJobSpec(ApiModel):
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": crd_extra(
+            cel(
+                "!has(self.teacher.format) || self.teacher.format != 'onnx' || "
+                "(has(self.student) && (has(self.student.base) || has(self.student.architecture)))",
+                "student.base or student.architecture is required when teacher.format is onnx",
+            ),
+        )
+    }
+
     teacher: Teacher
     dataset: Dataset
     student: Student = Field(default_factory=Student)

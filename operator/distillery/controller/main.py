@@ -1,0 +1,19 @@
+"""Starting the operator: `distillery operator` (the container's command)."""
+
+from __future__ import annotations
+
+import kopf
+
+
+def run(namespaces: list[str], liveness: str | None, verbose: bool = False) -> int:
+    """Runs kopf with the handlers registered; blocks until stopped."""
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON)
+    import distillery.controller.handlers  # noqa: F401 - importing registers the handlers
+
+    kopf.run(
+        standalone=True,  # one replica (Recreate); no peering objects needed
+        clusterwide=not namespaces,
+        namespaces=namespaces or None,
+        liveness_endpoint=liveness,
+    )
+    return 0

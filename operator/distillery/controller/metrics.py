@@ -1,0 +1,45 @@
+"""Prometheus metrics of the operator."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+RECONCILES = Counter("distillery_reconcile_total", "Handler runs by handler and result", ["handler", "result"])
+RECONCILE_SECONDS = Histogram("distillery_reconcile_duration_seconds", "Handler duration", ["handler"])
+JOBS_BY_PHASE = Gauge("distillery_jobs", "DistillationJobs by phase (as last seen)", ["phase"])
+TRAINER_SECONDS = Histogram("distillery_trainer_duration_seconds", "Trainer Job wall time",
+                            buckets=(30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800))
+STUDENTS = Counter("distillery_students_total", "Finished students by verdict", ["verdict"])
+
+_phases: dict[str, str] = {}
+
+
+@contextmanager
+def observed(handler: str):
+    start = time.perf_counter()
+    try:
+        yield
+    except Exception:
+        RECONCILES.labels(handler, "error").inc()
+        raise
+    else:
+        RECONCILES.labels(handler, "success").inc()
+    finally:
+        RECONCILE_SECONDS.labels(handler).observe(time.perf_counter() - start)
+
+
+def set_phase(key: str, phase: str | None) -> None:
+    if phase is None:
+        _phases.pop(key, None)
+    else:
+        _phases[key] = phase
+    for p in ("Pending", "Running", "Succeeded", "Failed"):
+        JOBS_BY_PHASE.labels(p).set(sum(1 for v in _phases.values() if v == p))
+
+
+def serve(port: int) -> None:
+    if port:
+        start_http_server(port)

@@ -1,0 +1,71 @@
+"""Pure builders for the StudentModel registry and its Pareto frontier."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distillery.api.job import DistillationJob
+from distillery.api.result import TrainerResult
+from distillery.controller import naming
+from distillery.frontier import Point, dominators
+
+
+def group_of(result_or_spec_teacher_uri: str, task: str, hardware: str) -> str:
+    return naming.frontier_group(result_or_spec_teacher_uri, task, hardware)
+
+
+def build_student_model(job: DistillationJob, uid: str, generation: int, result: TrainerResult) -> dict[str, Any]:
+    """A StudentModel for an accepted student. No owner reference: it outlives its job."""
+    name = naming.student_model_name(job.metadata.name, generation)
+    group = group_of(result.teacher_uri, result.task.value, result.hardware.value)
+    return {
+        "apiVersion": job.api_version,
+        "kind": "StudentModel",
+        "metadata": {
+            "name": name,
+            "namespace": job.metadata.namespace,
+            "labels": {naming.LABEL_GROUP_KEY: group, naming.LABEL_JOB: job.metadata.name,
+                       naming.LABEL_MANAGED_BY: naming.MANAGER},
+        },
+        "spec": {
+            "teacher": {"uri": result.teacher_uri, "task": result.task.value, "format": job.spec.teacher.format.value},
+            "hardware": result.hardware.value,
+            "artifacts": result.artifacts.to_wire(),
+            "sourceJob": {"name": job.metadata.name, "namespace": job.metadata.namespace,
+                          "generation": generation, "uid": uid},
+            "layersKept": result.layers_kept,
+            "teacherLayers": result.teacher_layers,
+            "metrics": result.student.to_wire(),
+            "teacherMetrics": result.teacher.to_wire(),
+            "paretoScore": result.pareto_score,
+        },
+    }
+
+
+def point_of(name: str, metrics: dict) -> Point:
+    return Point(name=name, accuracy=float(metrics.get("accuracy") or 0.0),
+                 latency_ms=float(metrics.get("latencyP50Ms") or float("inf")),
+                 size_bytes=int(metrics.get("sizeBytes") or 0))
+
+
+def frontier_statuses(models: list[dict]) -> dict[str, dict[str, Any]]:
+    """For each StudentModel (as stored), the status it should have: on the frontier or not,
+    and who dominates it. Only models of one group are passed in."""
+    points = [point_of(m["metadata"]["name"], m["spec"].get("metrics", {})) for m in models]
+    out = {}
+    for m, p in zip(models, points, strict=True):
+        dom = dominators(p, points)
+        out[m["metadata"]["name"]] = {
+            "onFrontier": not dom,
+            "dominatedBy": dom,
+            "group": m["metadata"].get("labels", {}).get(naming.LABEL_GROUP_KEY),
+            "observedGeneration": m["metadata"].get("generation"),
+        }
+    return out
+
+
+def candidate_dominators(result: TrainerResult, models: list[dict]) -> list[str]:
+    """Registered models that dominate a new student (for targets.mustImproveFrontier)."""
+    candidate = point_of("<candidate>", result.student.to_wire())
+    others = [point_of(m["metadata"]["name"], m["spec"].get("metrics", {})) for m in models]
+    return dominators(candidate, others)

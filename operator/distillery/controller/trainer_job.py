@@ -1,0 +1,158 @@
+"""Pure builder: a DistillationJob (one generation) -> the batch/v1 Job that trains it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from distillery.api.job import DistillationJob
+from distillery.api.result import EXIT_INVALID
+from distillery.controller import naming
+from distillery.controller.settings import Settings
+
+WORK_DIR = "/tmp"  # an emptyDir: the root filesystem is read-only
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def generation_output_uri(uri: str, generation: int) -> str:
+    """Each generation writes under its own prefix, so a new run never overwrites artifacts a
+    registered StudentModel points to, and a retried pod resumes its own checkpoints."""
+    return f"{uri.rstrip('/')}/g{generation}"
+
+
+def for_generation(job: DistillationJob, generation: int) -> DistillationJob:
+    """The job as the trainer of one generation sees it (the stored spec is never changed)."""
+    spec = job.spec.model_copy(deep=True)
+    spec.output.uri = generation_output_uri(job.spec.output.uri, generation)
+    return job.model_copy(update={"spec": spec})
+
+
+def trainer_env(job: DistillationJob, settings: Settings) -> list[dict[str, Any]]:
+    """The job document travels as JSON in DISTILLERY_JOB; credentials only by Secret reference."""
+    job = for_generation(job, job.metadata.generation or 1)
+    document = {"apiVersion": job.api_version, "kind": job.kind,
+                "metadata": {"name": job.metadata.name, "namespace": job.metadata.namespace},
+                "spec": job.spec.to_wire()}
+    env: list[dict[str, Any]] = [
+        {"name": "DISTILLERY_JOB", "value": json.dumps(document, separators=(",", ":"))},
+        {"name": "DISTILLERY_REJECTED_EXIT_CODE", "value": "0"},  # a rejected student is a finished run
+        {"name": "HOME", "value": WORK_DIR},
+        {"name": "TMPDIR", "value": WORK_DIR},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    endpoint = job.spec.output.endpoint or settings.default_endpoint
+    if endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": endpoint})
+    if job.spec.output.region:
+        env.append({"name": "AWS_REGION", "value": job.spec.output.region})
+    secret = job.spec.output.credentials_secret or settings.default_credentials_secret
+    if secret:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+        env.append({"name": "AWS_SESSION_TOKEN",
+                    "valueFrom": {"secretKeyRef": {"name": secret, "key": "AWS_SESSION_TOKEN", "optional": True}}})
+    return env
+
+
+def container_resources(job: DistillationJob, settings: Settings) -> dict[str, Any]:
+    r = job.spec.resources
+    values: dict[str, Any] = {}
+    cpu, memory = r.cpu or settings.default_cpu, r.memory or settings.default_memory
+    if cpu:
+        values["cpu"] = cpu
+    if memory:
+        values["memory"] = memory
+    limits = dict(values)
+    if r.gpus:
+        limits["nvidia.com/gpu"] = str(r.gpus)
+    out: dict[str, Any] = {}
+    if values:
+        out["requests"] = values
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def labels_for(job: DistillationJob, generation: int) -> dict[str, str]:
+    labels = {
+        naming.LABEL_JOB: job.metadata.name,
+        naming.LABEL_GENERATION: str(generation),
+        naming.LABEL_MANAGED_BY: naming.MANAGER,
+        naming.LABEL_COMPONENT: "trainer",
+    }
+    if job.spec.queue_name:
+        labels[naming.KUEUE_QUEUE_LABEL] = job.spec.queue_name
+    return labels
+
+
+def build_trainer_job(job: DistillationJob, uid: str, generation: int, settings: Settings) -> dict[str, Any]:
+    """The trainer Job: restricted pod, no API token, owned by the DistillationJob."""
+    job = job.model_copy(update={"metadata": job.metadata.model_copy(update={"generation": generation})})
+    name = naming.trainer_job_name(job.metadata.name, generation)
+    labels = labels_for(job, generation)
+    pod_labels = {k: v for k, v in labels.items() if k != naming.KUEUE_QUEUE_LABEL}
+    r = job.spec.resources
+    container = {
+        "name": "trainer",
+        "image": settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": list(settings.trainer_command),
+        "env": trainer_env(job, settings),
+        "resources": container_resources(job, settings),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "work", "mountPath": WORK_DIR}],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [{"name": "work", "emptyDir": {}}],
+    }
+    if r.node_selector:
+        pod_spec["nodeSelector"] = dict(r.node_selector)
+    if r.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in r.tolerations]
+    job_spec: dict[str, Any] = {
+        "backoffLimit": settings.backoff_limit,
+        "ttlSecondsAfterFinished": settings.job_ttl_seconds,
+        # Bad input fails the same way on every retry: stop at once instead of retrying.
+        "podFailurePolicy": {"rules": [
+            {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In",
+                                                   "values": [EXIT_INVALID]}},
+        ]},
+        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+    }
+    if r.deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = r.deadline_seconds
+    if job.spec.queue_name:
+        job_spec["suspend"] = True  # Kueue admits the Job by unsuspending it
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": job.metadata.namespace,
+            "labels": labels,
+            "ownerReferences": [{
+                "apiVersion": job.api_version, "kind": job.kind, "name": job.metadata.name, "uid": uid,
+                "controller": True, "blockOwnerDeletion": True,
+            }],
+        },
+        "spec": job_spec,
+    }

@@ -1,0 +1,76 @@
+"""The trainer Job builder: deterministic, restricted, credentials only by reference."""
+
+import json
+
+from distillery.api import load_job
+from distillery.controller.naming import trainer_job_name
+from distillery.controller.settings import Settings
+from distillery.controller.trainer_job import build_trainer_job
+
+BASE = {"apiVersion": "distillery.io/v1alpha1", "kind": "DistillationJob",
+        "metadata": {"name": "news", "namespace": "ml", "generation": 2},
+        "spec": {"teacher": {"uri": "s3://m/teacher"}, "dataset": {"trainUri": "s3://d/a", "evalUri": "s3://d/b"},
+                 "output": {"uri": "s3://o/news", "endpoint": "http://minio:9000", "credentialsSecret": "creds"}}}
+
+
+def build(**spec):
+    doc = json.loads(json.dumps(BASE))
+    doc["spec"].update(spec)
+    return build_trainer_job(load_job(doc), "uid-7", 2, Settings(trainer_image="trainer:1"))
+
+
+def env_of(job):
+    return {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_deterministic_name_and_owner():
+    a, b = build(), build()
+    assert a == b
+    assert a["metadata"]["name"] == "distill-news-g2"
+    assert a["metadata"]["ownerReferences"] == [{"apiVersion": "distillery.io/v1alpha1", "kind": "DistillationJob",
+                                                  "name": "news", "uid": "uid-7", "controller": True,
+                                                  "blockOwnerDeletion": True}]
+    long = trainer_job_name("x" * 80, 12)
+    assert len(long) <= 52 and long.endswith("-g12") and long != trainer_job_name("x" * 79 + "y", 12)
+
+
+def test_pod_is_restricted_and_has_no_token():
+    pod = build()["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
+                                    "seccompProfile": {"type": "RuntimeDefault"}}
+    assert pod["restartPolicy"] == "Never"
+    assert {"name": "work", "mountPath": "/tmp"} in c["volumeMounts"]
+
+
+def test_credentials_by_reference_and_spec_per_generation():
+    env = env_of(build())
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {"secretKeyRef": {"name": "creds", "key": "AWS_ACCESS_KEY_ID"}}
+    assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
+    spec = json.loads(env["DISTILLERY_JOB"]["value"])["spec"]
+    assert spec["output"]["uri"] == "s3://o/news/g2"
+    assert spec["teacher"]["uri"] == "s3://m/teacher"
+
+
+def test_gpus_placement_deadline_and_queue():
+    job = build(resources={"gpus": 2, "memory": "8Gi", "nodeSelector": {"pool": "gpu"}, "deadlineSeconds": 600,
+                           "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+                queueName="team-a")
+    pod = job["spec"]["template"]["spec"]
+    res = pod["containers"][0]["resources"]
+    assert res["limits"] == {"memory": "8Gi", "nvidia.com/gpu": "2"} and res["requests"] == {"memory": "8Gi"}
+    assert pod["nodeSelector"] == {"pool": "gpu"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert job["spec"]["activeDeadlineSeconds"] == 600
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+
+
+def test_invalid_input_fails_the_job_without_retries():
+    rules = build()["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [2]

@@ -22,4 +22,9 @@ if bash scripts/setup-test-tools.sh; then
     fi
 fi
 
+if bash scripts/build-control-plane.sh; then
+    # The build succeeded, so a test that cannot start the control plane is a real failure.
+    export DISTILLERY_REQUIRE_CONTROL_PLANE=1
+fi
+
 exec "$VENV/bin/python" -m pytest "$@"

@@ -83,6 +83,11 @@ def job_store(job: DistillationJob):
                                                          "AWS_SESSION_TOKEN") if k in creds} or None)
 
 
+def milestone(body, reason: str, message: str) -> None:
+    """A Normal Event. kopf.info would be filtered by posting.level, which keeps handler logs out."""
+    kopf.event(body, type="Normal", reason=reason, message=message)
+
+
 def apply_status(patch, body, values: dict) -> None:
     patch.status.update(values)
     if "phase" in values:
@@ -141,7 +146,7 @@ def start_generation(body, meta, status, patch, logger) -> None:
     manifest = build_trainer_job(job, meta["uid"], generation, SETTINGS)
     trainer = manifest["metadata"]["name"]
     if kube().create_job(manifest):
-        kopf.info(body, reason="TrainerJobCreated", message=f"created trainer Job {trainer} for generation {generation}")
+        milestone(body, reason="TrainerJobCreated", message=f"created trainer Job {trainer} for generation {generation}")
     if (status.get("observedGeneration") != generation or status.get("trainerJob") != trainer
             or waiting_for_secret(status)):
         apply_status(patch, body, st.started(generation, trainer, previous, bool(job.spec.queue_name)))
@@ -244,10 +249,10 @@ def finish(body, job: DistillationJob, meta, status, patch, k8s_job, logger) -> 
     if accepted:
         student_model = own_name
         if kube().create_student_model(registry.build_student_model(job, meta["uid"], generation, result)):
-            kopf.info(body, reason="StudentRegistered", message=f"registered StudentModel {student_model}")
+            milestone(body, reason="StudentRegistered", message=f"registered StudentModel {student_model}")
         update_frontier(meta["namespace"], group)
     apply_status(patch, body, st.finished(generation, result, accepted, reasons, student_model, previous))
-    kopf.info(body, reason="Accepted" if accepted else "Rejected",
+    milestone(body, reason="Accepted" if accepted else "Rejected",
               message=f"speedup {result.speedup:.2f}x, retention {result.accuracy_retention:.4f}, "
                       f"pareto {result.pareto_score:.4f}")
     metrics.STUDENTS.labels("accepted" if accepted else "rejected").inc()

@@ -1,0 +1,107 @@
+"""The CRDs in crds/ as the real API server applies them: OpenAPI defaults, schema and CEL
+validation, short names and printer columns (kubectl)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+
+import pytest
+
+from tests.cluster.conftest import Cluster
+
+MINIMAL_JOB = {
+    "apiVersion": "distillery.io/v1alpha1", "kind": "DistillationJob", "metadata": {"name": "x"},
+    "spec": {"teacher": {"uri": "s3://b/t"}, "dataset": {"trainUri": "s3://b/a", "evalUri": "s3://b/b"},
+             "output": {"uri": "s3://b/o"}},
+}  # fmt: skip
+
+STUDENT_MODEL = {
+    "apiVersion": "distillery.io/v1alpha1", "kind": "StudentModel", "metadata": {"name": "x-gen1"},
+    "spec": {"teacher": {"uri": "s3://b/t", "task": "sequence-classification"},
+             "artifacts": {"uri": "s3://b/o/x/gen-1", "onnx": "s3://b/o/x/gen-1/model.onnx"},
+             "metrics": {"accuracy": 0.91, "latencyP50Ms": 12.5}, "paretoScore": 2.7},
+}  # fmt: skip
+
+
+def apply(cluster: Cluster, namespace: str, doc: dict, check: bool = True):
+    return cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(doc), check=check)
+
+
+def job_with(change: Callable[[dict], None]) -> dict:
+    doc = copy.deepcopy(MINIMAL_JOB)
+    change(doc["spec"])
+    return doc
+
+
+def test_minimal_job_is_created_with_server_side_defaults(control_plane: Cluster, namespace: str):
+    apply(control_plane, namespace, MINIMAL_JOB)
+
+    spec = json.loads(control_plane.kubectl("get", "distillationjob", "x", "-n", namespace, "-o", "json").stdout)["spec"]
+    assert spec["distillation"]["temperature"] == 2.0
+    assert spec["distillation"]["alpha"] == 0.5
+    assert spec["student"]["method"] == "importance"
+    assert spec["teacher"]["format"] == "huggingface"
+    assert spec["teacher"]["task"] == "sequence-classification"
+    assert spec["targets"]["hardware"] == "cpu"
+    assert spec["resources"]["gpus"] == 0
+    assert spec["export"]["formats"] == ["onnx", "safetensors"]
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        pytest.param(lambda s: s["teacher"].pop("uri"), ["spec.teacher.uri", "Required value"], id="no-teacher-uri"),
+        pytest.param(lambda s: s.update(student={"keepLayers": 0}), ["spec.student.keepLayers"], id="keepLayers-0"),
+        pytest.param(lambda s: s.update(distillation={"temperature": 0}), ["spec.distillation.temperature"],
+                     id="temperature-0"),
+        pytest.param(lambda s: s.update(student={"method": "magic"}),
+                     ["spec.student.method", 'Unsupported value: "magic"'], id="unknown-method"),
+        pytest.param(lambda s: s.update(targets={"maxAccuracyDrop": 1.5}), ["spec.targets.maxAccuracyDrop"],
+                     id="maxAccuracyDrop-1.5"),
+        pytest.param(lambda s: s.update(student={"keepLayers": 3, "keepRatio": 0.5}),
+                     ["spec.student", "set only one of student.keepLayers and student.keepRatio"],
+                     id="keepLayers-and-keepRatio"),
+        pytest.param(lambda s: s["teacher"].update(format="onnx"),
+                     ["student.base or student.architecture is required when teacher.format is onnx"],
+                     id="onnx-teacher-without-student-base"),
+        pytest.param(lambda s: s.update(student={"method": "explicit"}),
+                     ["spec.student", "student.method explicit needs student.layers"], id="explicit-without-layers"),
+    ],
+)
+def test_invalid_job_is_refused_naming_the_field(control_plane: Cluster, namespace: str,
+                                                 change: Callable[[dict], None], expected: list[str]):
+    result = apply(control_plane, namespace, job_with(change), check=False)
+
+    assert result.returncode != 0, result.stdout
+    assert "is invalid" in result.stderr
+    for text in expected:
+        assert text in result.stderr
+    assert "No resources found" in control_plane.kubectl("get", "dj", "-n", namespace).stderr
+
+
+def test_onnx_teacher_with_student_base_is_accepted(control_plane: Cluster, namespace: str):
+    doc = job_with(lambda s: (s["teacher"].update(format="onnx"),
+                              s.update(student={"base": {"uri": "s3://b/base"}, "keepLayers": 3})))
+    apply(control_plane, namespace, doc)
+
+
+def test_kubectl_get_dj_prints_the_printer_columns(control_plane: Cluster, namespace: str):
+    apply(control_plane, namespace, MINIMAL_JOB)
+
+    for name in ("dj", "distill", "distillationjobs"):
+        header, row = control_plane.kubectl("get", name, "-n", namespace).stdout.splitlines()
+        assert header.split() == ["NAME", "PHASE", "PROGRESS", "ACCURACY", "SPEEDUP", "PARETO", "ACCEPTED", "AGE"]
+        assert row.split()[0] == "x"
+
+
+def test_student_model_can_be_created_and_listed(control_plane: Cluster, namespace: str):
+    apply(control_plane, namespace, STUDENT_MODEL)
+
+    header, row = control_plane.kubectl("get", "sm", "-n", namespace).stdout.splitlines()
+    assert header.split()[0] == "NAME"
+    assert row.split()[0] == "x-gen1"
+    assert "s3://b/t" in row
+    stored = json.loads(control_plane.kubectl("get", "studentmodel", "x-gen1", "-n", namespace, "-o", "json").stdout)
+    assert stored["spec"]["hardware"] == "cpu"  # defaulted

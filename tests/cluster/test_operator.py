@@ -100,6 +100,20 @@ def test_job_runs_to_an_accepted_student(control_plane, namespace, operator, dig
     assert 'distillery_reconcile_total{handler="reconcile",result="success"}' in metrics
     assert 'distillery_students_total{verdict="accepted"}' in metrics
 
+    # A replace-style apply (kubectl replace, Argo CD Replace=true) drops kopf's annotations and
+    # re-runs the create handler: nothing may run again.
+    fresh = {k: obj[k] for k in ("apiVersion", "kind", "spec")}
+    fresh["metadata"] = {"name": "digits", "namespace": namespace}
+    control_plane.kubectl("replace", "-f", "-", input=json.dumps(fresh))
+    import time
+
+    time.sleep(5)  # give the operator time to (wrongly) react; the checks below must still hold
+    after = dj(control_plane, namespace, "digits")
+    assert len(trainer_jobs(control_plane, namespace, "digits")) == 1
+    assert after["status"]["completionTime"] == status["completionTime"]
+    assert after["metadata"]["generation"] == 1
+    print(printed)  # shown with -s; the README's `kubectl get dj` example comes from here
+
     # Deleting the job deletes its trainer Job (garbage collection), not the StudentModel.
     control_plane.kubectl("delete", "dj", "digits", "-n", namespace, "--wait=true", "--timeout=120s")
     wait_for(lambda: not trainer_jobs(control_plane, namespace, "digits"), 120, "the trainer Job to be collected")

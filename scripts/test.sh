@@ -3,7 +3,9 @@
 #   1. a virtualenv (.venv, or $DISTILLERY_VENV) with the project and its dev extras (pip caches
 #      the large torch wheels, so a warm run installs nothing new);
 #   2. MinIO built from its pinned Go module, cached outside the repo (scripts/setup-test-tools.sh);
-#   3. pytest, with any arguments given here passed through.
+#   3. the real control plane (etcd, kube-apiserver, kube-controller-manager, kubectl) and helm,
+#      built the same way (scripts/build-control-plane.sh; about 17 minutes cold on 2 cores);
+#   4. pytest, with any arguments given here passed through.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

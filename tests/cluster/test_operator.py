@@ -214,6 +214,10 @@ def test_spec_change_starts_a_new_generation_but_label_edits_do_not(
                      120, "only the generation-2 Job")
     assert names
     assert final["status"]["trainerJob"] == "distill-edited-g2"
+    # The old generation's pods went with its Job: nothing of generation 1 keeps running.
+    wait_for(lambda: not [p for p in get(control_plane, namespace, "pods")["items"]
+                          if p["metadata"]["labels"].get("distillery.io/generation") == "1"],
+             120, "generation-1 pods to be deleted")
 
 
 def test_queue_name_makes_a_suspended_kueue_job(control_plane, namespace, operator, digits_workspace, tmp_path):

@@ -51,7 +51,10 @@ class Kube:
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+            # In the body: the API server ignores query parameters on a DELETE that has one, and
+            # a Job deleted without propagation orphans its pods (the trainer would run on).
+            self.batch.delete_namespaced_job(
+                name, namespace, body=client.V1DeleteOptions(propagation_policy="Background"))
         except ApiException as err:
             if err.status != 404:
                 raise

@@ -1,0 +1,307 @@
+"""The Helm chart's objects in a real API server: RBAC as the operator's ServiceAccount, Pod
+Security "restricted" admission of the operator's pod, and no GitOps drift.
+
+The chart is rendered by helm (``helm template``) and its objects applied with kubectl, except
+the Deployment's pods, which need images (there is no container runtime here): the Deployment
+and its pod template go through the API server's admission with ``--dry-run=server``. RBAC is
+checked twice: with ``kubectl auth can-i --as=system:serviceaccount:...`` (the authorizer's
+answer), and with a real token of the ServiceAccount (``kubectl create token``) making real
+requests.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distillery.controller import status as st
+from tests.chart.test_chart import CHART, find_helm
+from tests.cluster.conftest import Cluster
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE_JOB = REPO / "examples" / "gitops" / "distillationjob.yaml"
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    path, where = find_helm()
+    if path is None:
+        import os
+
+        message = f"helm not found (looked at {where}); build it with scripts/build-control-plane.sh"
+        if os.environ.get("DISTILLERY_REQUIRE_CONTROL_PLANE") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@dataclass
+class Installed:
+    release: str
+    namespace: str  # where the operator runs (its ServiceAccount, Service, Deployment)
+    service_account: str
+    docs: list[dict]
+
+    @property
+    def user(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.service_account}"
+
+    def one(self, kind: str) -> dict:
+        found = [d for d in self.docs if d["kind"] == kind]
+        assert len(found) == 1, [d["metadata"]["name"] for d in found]
+        return found[0]
+
+
+def render(helm: Path, release: str, namespace: str, *set_args: str) -> list[dict]:
+    args = [str(helm), "template", release, str(CHART), "--namespace", namespace]
+    for s in set_args:
+        args += ["--set", s]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def install(control_plane: Cluster, helm: Path, namespace: str, *set_args: str) -> Iterator[Installed]:
+    """Apply every rendered object except the Deployment and the `helm test` pods (no images)."""
+    release = f"d{secrets.token_hex(3)}"  # ClusterRoles are cluster-wide: one name per test
+    docs = render(helm, release, namespace, *set_args)
+    applied = [d for d in docs if d["kind"] not in ("Deployment", "Pod")]
+    assert {d["kind"] for d in applied} >= {"ServiceAccount", "Service", "ClusterRole", "ClusterRoleBinding"}
+    control_plane.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": applied}))
+    sa = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
+    try:
+        yield Installed(release, namespace, sa, docs)
+    finally:
+        for d in applied:
+            if d["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+                control_plane.kubectl("delete", d["kind"], d["metadata"]["name"], "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+def namespaced(control_plane, namespace, helm) -> Iterator[Installed]:
+    """Operator in `namespace`, watching only `namespace` (Role + RoleBinding there)."""
+    yield from install(control_plane, helm, namespace, f"watchNamespaces={{{namespace}}}")
+
+
+@pytest.fixture
+def clusterwide(control_plane, namespace, helm) -> Iterator[Installed]:
+    """Operator in `namespace`, watching the whole cluster (ClusterRole + ClusterRoleBinding)."""
+    yield from install(control_plane, helm, namespace)
+
+
+def can_i(control_plane: Cluster, who: Installed, verb: str, resource: str, namespace: str | None = None,
+          subresource: str | None = None) -> bool:
+    args = ["auth", "can-i", verb, resource, f"--as={who.user}"]
+    args += ["-n", namespace] if namespace else ["--all-namespaces"]
+    if subresource:
+        args.append(f"--subresource={subresource}")
+    result = control_plane.kubectl(*args, check=False)
+    answer = result.stdout.strip()
+    assert answer in ("yes", "no"), f"kubectl {' '.join(args)}: {result.stdout}{result.stderr}"
+    return answer == "yes"
+
+
+def token_of(control_plane: Cluster, who: Installed) -> str:
+    """A real token of the ServiceAccount (TokenRequest API): not impersonation."""
+    return control_plane.kubectl("create", "token", who.service_account, "-n", who.namespace,
+                                 "--duration=10m").stdout.strip()
+
+
+def as_service_account(control_plane: Cluster, who: Installed, *args: str, input: str | None = None,
+                       check: bool = False) -> subprocess.CompletedProcess:
+    """kubectl authenticated with the ServiceAccount's own token."""
+    return control_plane.kubectl("--token", token_of(control_plane, who), *args, input=input, check=check)
+
+
+def client_as_service_account(control_plane: Cluster, who: Installed):
+    """The official Python client (what the operator uses) with the ServiceAccount's token."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(control_plane.kubeconfig), client_configuration=cfg)
+    cfg.api_key = {"authorization": "Bearer " + token_of(control_plane, who)}
+    cfg.api_key_prefix = {}
+    return client.ApiClient(cfg)
+
+
+# ----------------------------------------------------------------------------------- RBAC
+
+
+def test_namespaced_rbac_allows_what_the_operator_does_and_nothing_more(control_plane, namespace, namespaced):
+    yes = [("create", "jobs.batch", None), ("get", "jobs.batch", None), ("list", "jobs.batch", None),
+           ("delete", "jobs.batch", None),
+           ("patch", "distillationjobs.distillery.io", "status"),
+           ("patch", "studentmodels.distillery.io", "status"),
+           ("patch", "distillationjobs.distillery.io", None),  # kopf's annotations
+           ("watch", "distillationjobs.distillery.io", None),
+           ("create", "studentmodels.distillery.io", None),
+           ("update", "distillationjobs.distillery.io", "finalizers"),  # blockOwnerDeletion
+           ("get", "secrets", None),
+           ("list", "pods", None),
+           ("create", "events", None), ("create", "events.events.k8s.io", None)]
+    no = [("list", "secrets", None), ("watch", "secrets", None), ("create", "secrets", None),
+          ("delete", "namespaces", None), ("create", "pods", None), ("delete", "pods", None),
+          ("update", "distillationjobs.distillery.io", None), ("create", "distillationjobs.distillery.io", None),
+          ("delete", "distillationjobs.distillery.io", None), ("update", "distillationjobs.distillery.io", "status"),
+          ("create", "roles.rbac.authorization.k8s.io", None), ("create", "serviceaccounts", "token"),
+          ("*", "*", None)]
+    wrong = [(verb, resource, sub) for verb, resource, sub in yes
+             if not can_i(control_plane, namespaced, verb, resource, namespace, sub)]
+    wrong += [(verb, resource, sub, "allowed") for verb, resource, sub in no
+              if can_i(control_plane, namespaced, verb, resource, namespace, sub)]
+    assert not wrong, f"RBAC differs from what the operator needs: {wrong}"
+    # Nothing outside the watched namespace.
+    for verb, resource in (("create", "jobs.batch"), ("get", "secrets"), ("list", "distillationjobs.distillery.io")):
+        assert not can_i(control_plane, namespaced, verb, resource, "default"), (verb, resource)
+    # Cluster-wide: only reading the CRDs (kopf's resource discovery).
+    assert can_i(control_plane, namespaced, "watch", "customresourcedefinitions.apiextensions.k8s.io")
+    assert not can_i(control_plane, namespaced, "list", "namespaces")
+    assert not can_i(control_plane, namespaced, "delete", "customresourcedefinitions.apiextensions.k8s.io")
+
+
+def test_clusterwide_rbac_has_no_secret_listing_and_no_wildcards(control_plane, namespace, clusterwide):
+    anywhere = "default"
+    assert can_i(control_plane, clusterwide, "create", "jobs.batch", anywhere)
+    assert can_i(control_plane, clusterwide, "patch", "distillationjobs.distillery.io", anywhere, "status")
+    assert can_i(control_plane, clusterwide, "get", "secrets", anywhere)
+    assert can_i(control_plane, clusterwide, "watch", "namespaces")
+    assert can_i(control_plane, clusterwide, "list", "distillationjobs.distillery.io")  # all namespaces
+    assert not can_i(control_plane, clusterwide, "list", "secrets")  # all namespaces
+    assert not can_i(control_plane, clusterwide, "list", "secrets", anywhere)
+    assert not can_i(control_plane, clusterwide, "delete", "namespaces")
+    assert not can_i(control_plane, clusterwide, "create", "pods", anywhere)
+    assert not can_i(control_plane, clusterwide, "*", "*", anywhere)
+    assert not can_i(control_plane, clusterwide, "*", "*")
+
+
+def test_a_real_service_account_token_works_where_it_should(control_plane, namespace, namespaced):
+    # Allowed: what the operator does.
+    ok = as_service_account(control_plane, namespaced, "get", "distillationjobs,studentmodels,jobs,pods",
+                            "-n", namespace)
+    assert ok.returncode == 0, ok.stderr
+    crds = as_service_account(control_plane, namespaced, "get", "customresourcedefinitions", "-o", "name")
+    assert "customresourcedefinition.apiextensions.k8s.io/distillationjobs.distillery.io" in crds.stdout
+    trainer_job = {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "rbac-probe", "namespace": namespace},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+                                       "containers": [{"name": "c", "image": "example.invalid/none:1"}]}}},
+    }
+    created = as_service_account(control_plane, namespaced, "create", "--dry-run=server", "-f", "-",
+                                 input=json.dumps(trainer_job))
+    assert created.returncode == 0, created.stderr
+    # Refused: listing Secrets, reading other namespaces, touching namespaces.
+    for args in (("get", "secrets", "-n", namespace), ("get", "jobs", "-n", "default"),
+                 ("delete", "namespace", namespace, "--dry-run=server")):
+        refused = as_service_account(control_plane, namespaced, *args)
+        assert refused.returncode != 0 and "forbidden" in refused.stderr.lower(), (args, refused.stderr)
+    # The rules, as the API server reports them to the ServiceAccount itself: no wildcard.
+    rules = as_service_account(control_plane, namespaced, "auth", "can-i", "--list", "-n", namespace, check=True)
+    for line in rules.stdout.splitlines()[1:]:
+        resources, _, _, verbs = (line.split(None, 3) + ["", "", "", ""])[:4]
+        if resources.startswith("selfsubject") or resources.startswith("/"):
+            continue  # every authenticated user's own access reviews and discovery URLs
+        assert "*" not in verbs, line
+
+
+def test_the_operator_can_write_status_with_its_own_token(control_plane, namespace, namespaced):
+    job = yaml.safe_load(EXAMPLE_JOB.read_text())
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
+    # As the operator does it: a PATCH of the /status subresource, no GET before it (RBAC grants
+    # patch only; `kubectl patch` would GET first and be refused).
+    from kubernetes import client
+
+    api = client.CustomObjectsApi(client_as_service_account(control_plane, namespaced))
+    api.patch_namespaced_custom_object_status(
+        "distillery.io", "v1alpha1", namespace, "distillationjobs", job["metadata"]["name"],
+        {"status": st.failed(1, "SecretMissing", "Secret 'store-creds' not found", None)},
+        _content_type="application/merge-patch+json")
+    # ...and a Secret by name (no such Secret: 404, not 403).
+    from kubernetes.client.exceptions import ApiException
+
+    with pytest.raises(ApiException) as missing:
+        client.CoreV1Api(client_as_service_account(control_plane, namespaced)).read_namespaced_secret(
+            "store-creds", namespace)
+    assert missing.value.status == 404
+    phase = control_plane.kubectl("get", "distillationjob", job["metadata"]["name"], "-n", namespace,
+                                  "-o", "jsonpath={.status.phase}").stdout
+    assert phase == "Failed"
+
+
+# ----------------------------------------------------------------------------------- Pod Security
+
+
+def test_operator_pod_passes_restricted_pod_security(control_plane, namespace, namespaced):
+    """`namespace` enforces (and warns on) the restricted Pod Security Standard."""
+    labels = json.loads(control_plane.kubectl("get", "namespace", namespace, "-o", "json").stdout)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    deployment = namespaced.one("Deployment")
+    out = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(deployment))
+    assert "PodSecurity" not in out.stderr, out.stderr  # the warn mode reports violations on workloads
+    # Enforcement applies to pods: admit the Deployment's pod template as a pod.
+    template = deployment["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "operator-admission-probe", "namespace": namespace, "labels": template["metadata"]["labels"]},
+           "spec": template["spec"]}
+    admitted = control_plane.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False)
+    assert admitted.returncode == 0, admitted.stderr
+    assert "PodSecurity" not in admitted.stderr, admitted.stderr
+    # The `helm test` pods too.
+    for test_pod in [d for d in namespaced.docs if d["kind"] == "Pod"]:
+        res = control_plane.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(test_pod), check=False)
+        assert res.returncode == 0 and "PodSecurity" not in res.stderr, res.stderr
+
+
+def test_a_weakened_pod_would_be_refused(control_plane, namespace, namespaced):
+    """The admission check above is real: the same pod as root is refused."""
+    template = namespaced.one("Deployment")["spec"]["template"]
+    spec = json.loads(json.dumps(template["spec"]))
+    spec["securityContext"]["runAsNonRoot"] = False
+    spec["containers"][0]["securityContext"]["runAsNonRoot"] = False
+    spec["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "weak", "namespace": namespace}, "spec": spec}
+    refused = control_plane.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False)
+    assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr, refused.stderr
+
+
+# ----------------------------------------------------------------------------------- GitOps: no drift
+
+
+def operator_writes(control_plane: Cluster, namespace: str, name: str) -> dict:
+    """What the operator writes: kopf's annotations under distillery.io/ (a merge patch of the
+    object's metadata, never spec) and the status subresource. Returns the object before."""
+    obj = json.loads(control_plane.kubectl("get", "distillationjob", name, "-n", namespace, "-o", "json").stdout)
+    control_plane.kubectl("patch", "distillationjob", name, "-n", namespace, "--type=merge", "-p", json.dumps(
+        {"metadata": {"annotations": {"distillery.io/last-handled-configuration": json.dumps({"spec": obj["spec"]}),
+                                      "distillery.io/reconcile": '{"started":"2026-01-01T00:00:00Z"}'}}}))
+    status = st.started(obj["metadata"]["generation"], f"distill-{name}-g1", None, queued=False)
+    control_plane.kubectl("patch", "distillationjob", name, "-n", namespace, "--subresource=status",
+                          "--type=merge", "-p", json.dumps({"status": status}))
+    return obj
+
+
+@pytest.mark.parametrize("mode", [[], ["--server-side"]], ids=["client-side-apply", "server-side-apply"])
+def test_reapplying_after_the_operator_wrote_status_shows_no_drift(control_plane, namespace, mode):
+    """What Argo CD and Flux do: apply the manifest from Git, let the operator work, compare
+    (Argo CD's default diff is the client-side three-way one; Flux and Argo's ServerSideDiff
+    use server-side apply)."""
+    path = str(EXAMPLE_JOB)
+    control_plane.kubectl("apply", "-n", namespace, "-f", path, *mode)
+    name = yaml.safe_load(EXAMPLE_JOB.read_text())["metadata"]["name"]
+    before = operator_writes(control_plane, namespace, name)
+
+    diff = control_plane.kubectl("diff", "-n", namespace, "-f", path, *mode, check=False)
+    assert diff.returncode == 0, f"drift:\n{diff.stdout}{diff.stderr}"
+    again = control_plane.kubectl("apply", "-n", namespace, "-f", path, *mode)
+    if not mode:
+        assert "unchanged" in again.stdout
+    after = json.loads(control_plane.kubectl("get", "distillationjob", name, "-n", namespace, "-o", "json").stdout)
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]  # no new run
+    assert after["spec"] == before["spec"]
+    assert after["status"]["phase"] == "Pending"  # re-applying kept the operator's status...
+    assert after["metadata"]["annotations"]["distillery.io/reconcile"]  # ...and its annotations

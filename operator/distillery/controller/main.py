@@ -13,7 +13,7 @@ def run(namespaces: list[str], liveness: str | None, verbose: bool = False) -> i
     kopf.run(
         standalone=True,  # one replica (Recreate); no peering objects needed
         clusterwide=not namespaces,
-        namespaces=namespaces or None,
+        namespaces=namespaces or (),  # kopf iterates it: () means none (cluster-wide)
         liveness_endpoint=liveness,
     )
     return 0

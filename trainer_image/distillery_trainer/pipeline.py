@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,28 +16,20 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from distillery.api.job import (
-    DatasetFormat,
-    DistillationJob,
-    ExportFormat,
-    ExtractionMethod,
-    ModelMetrics,
-    Task,
-    TeacherFormat,
-)
+from distillery.api.job import DistillationJob, ExportFormat, ModelMetrics, Task, TeacherFormat
 from distillery.api.result import METRICS_KEY, RESULT_KEY, TrainerResult, TrainingSummary
 from distillery.compare import PROVENANCE
 from distillery.fingerprint import spec_hash, training_fingerprint
-from distillery.store import materialize, open_store
+from distillery.store import open_store
 from distillery.verdict import Measured, decide
-from distillery_trainer import extraction, report
-from distillery_trainer.builtin import BuiltinConfig, BuiltinNet
+from distillery_trainer import report
 from distillery_trainer.checkpoint import Checkpoints, CheckpointState
-from distillery_trainer.data import LabelMap, Split, read_split
-from distillery_trainer.encode import Encoded, encode_features, encode_text
+from distillery_trainer.encode import Encoded
 from distillery_trainer.errors import InputError
 from distillery_trainer.evaluation import Quality, quality
-from distillery_trainer.nets import BuiltinWrapper, HFNet, Net
+from distillery_trainer.loading import encode as encode_split
+from distillery_trainer.loading import load_inputs
+from distillery_trainer.nets import HFNet, Net
 from distillery_trainer.onnx_tools import (
     example_inputs,
     export_onnx,
@@ -48,31 +39,17 @@ from distillery_trainer.onnx_tools import (
     quantize_int8,
 )
 from distillery_trainer.progress import Progress
+from distillery_trainer.student import select_layers, student_source
 from distillery_trainer.teacher import (
-    TEXT_TASKS,
     OnnxTeacher,
     TeacherOutputs,
+    TeacherSide,
     load_torch_model,
     torch_outputs,
 )
 from distillery_trainer.training import TrainContext, train
 
 EVAL_BATCH = 64
-# Any one of these makes a directory a tokenizer (fast tokenizer, WordPiece, BPE, SentencePiece).
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
-                   "tokenizer.model")
-
-
-@dataclass
-class Inputs:
-    """Everything loaded before any heavy work: a bad input fails here, in seconds."""
-
-    teacher_path: Path
-    train: Split
-    eval: Split
-    labels: LabelMap | None
-    tokenizer: object | None
-    base_path: Path | None  # student.base, when the teacher has no layers to give
 
 
 def now() -> str:
@@ -83,136 +60,7 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def fetch(uri: str, field: str, cache: Path, job: DistillationJob) -> Path:
-    try:
-        return materialize(uri, cache, endpoint=job.spec.output.endpoint, region=job.spec.output.region)
-    except Exception as err:
-        raise InputError(f"{field}: {err}") from None
-
-
-# ----------------------------------------------------------------------------- stage: load
-
-
-def needs_labels(task: Task) -> bool:
-    return task != Task.SENTENCE_EMBEDDING
-
-
-def load_tokenizer(path: Path, field: str):
-    from transformers import AutoTokenizer
-
-    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
-        # transformers 5 would build an empty tokenizer (every word [UNK]) without complaint.
-        raise InputError(f"{field}: no tokenizer files in {path} (expected one of {', '.join(TOKENIZER_FILES)})")
-    try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as err:
-        raise InputError(f"{field}: cannot load a tokenizer from {path}: {err}") from None
-
-
-def teacher_label_names(path: Path, fmt: TeacherFormat) -> list[str] | None:
-    """Class names a Hugging Face classifier was trained with (None when generic LABEL_i)."""
-    if fmt != TeacherFormat.HUGGINGFACE:
-        return None
-    import json
-
-    config = json.loads((path / "config.json").read_text())
-    id2label = config.get("id2label") or {}
-    names = [id2label[k] for k in sorted(id2label, key=int)]
-    if not names or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
-        return None
-    return names
-
-
-def teacher_class_count(path: Path, fmt: TeacherFormat) -> int | None:
-    """How many classes the teacher predicts, read from its config or ONNX output shape."""
-    import json
-
-    if fmt == TeacherFormat.ONNX:
-        import onnx
-
-        file = path if path.is_file() else next(iter(sorted(path.glob("*.onnx"))), None)
-        if file is None:
-            return None
-        dims = onnx.load(str(file), load_external_data=False).graph.output[0].type.tensor_type.shape.dim
-        return dims[-1].dim_value or None if dims else None
-    config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
-    return config.get("num_classes") or (len(config["id2label"]) if config.get("id2label") else None)
-
-
-def check_teacher_has_head(path: Path, job: DistillationJob) -> None:
-    import json
-
-    if job.spec.teacher.task != Task.SEQUENCE_CLASSIFICATION:
-        return
-    archs = json.loads((path / "config.json").read_text()).get("architectures") or []
-    if archs and not any("ForSequenceClassification" in a for a in archs):
-        raise InputError(
-            f"teacher.uri: {path} is a {archs[0]} without a classification head; fine-tune it "
-            "first, or use teacher.task sentence-embedding"
-        )
-
-
-def load_inputs(job: DistillationJob, work: Path) -> Inputs:
-    spec = job.spec
-    task = spec.teacher.task
-    if task in TEXT_TASKS and spec.dataset.format != DatasetFormat.JSONL:
-        raise InputError(f"dataset.format: {task.value} needs jsonl text data, not {spec.dataset.format.value}")
-    if task not in TEXT_TASKS and spec.dataset.format != DatasetFormat.NPZ:
-        raise InputError(f"dataset.format: {task.value} needs npz arrays, not {spec.dataset.format.value}")
-    if spec.student.method == ExtractionMethod.WEIGHT_RANGE and spec.student.weight_range is None:
-        raise InputError("student.weightRange: required for method weight-range")
-
-    teacher_path = fetch(spec.teacher.uri, "teacher.uri", work / "teacher", job)
-    if spec.teacher.format == TeacherFormat.HUGGINGFACE:
-        check_teacher_has_head(teacher_path, job)
-    base_path = fetch(spec.student.base.uri, "student.base.uri", work / "base", job) if spec.student.base else None
-
-    ds = spec.dataset
-    train = read_split(fetch(ds.train_uri, "dataset.trainUri", work / "train", job), ds, "train",
-                       ds.max_train_rows, needs_labels(task))
-    evals = read_split(fetch(ds.eval_uri, "dataset.evalUri", work / "eval", job), ds, "eval",
-                       ds.max_eval_rows, needs_labels(task))
-
-    labels = None
-    if train.raw_labels is not None:
-        fmt = spec.teacher.format
-        count = teacher_class_count(teacher_path, fmt) if task != Task.SENTENCE_EMBEDDING else None
-        names = spec.teacher.labels or teacher_label_names(teacher_path, fmt)
-        if names is None and base_path is not None:  # ONNX teacher: its classes are student.base's
-            names = teacher_label_names(base_path, spec.student.base.format)
-        labels = LabelMap.infer(train.raw_labels, names, count)
-        train.labels = labels.encode(train.raw_labels, f"{ds.train_uri} (dataset.labelField)")
-        if evals.raw_labels is not None:
-            evals.labels = labels.encode(evals.raw_labels, f"{ds.eval_uri} (dataset.labelField)")
-
-    tokenizer = None
-    if task in TEXT_TASKS:
-        if spec.teacher.format == TeacherFormat.ONNX:
-            tok_uri = spec.teacher.tokenizer_uri
-            tok_path = fetch(tok_uri, "teacher.tokenizerUri", work / "tokenizer", job) if tok_uri else base_path
-            if tok_path is None:
-                raise InputError("teacher.tokenizerUri: an ONNX text teacher needs a tokenizer")
-            tokenizer = load_tokenizer(tok_path, "teacher.tokenizerUri")
-        else:
-            tokenizer = load_tokenizer(teacher_path, "teacher.uri")
-    return Inputs(teacher_path, train, evals, labels, tokenizer, base_path)
-
-
-def encode(split: Split, inputs: Inputs, job: DistillationJob) -> Encoded:
-    if inputs.tokenizer is not None:
-        return encode_text(split, inputs.tokenizer, job.spec.dataset.max_sequence_length)
-    return encode_features(split)
-
-
 # ----------------------------------------------------------------------------- stage: teacher
-
-
-@dataclass
-class TeacherSide:
-    net: Net | None  # None for an ONNX teacher
-    onnx: OnnxTeacher | None
-    train: TeacherOutputs
-    eval: TeacherOutputs
 
 
 def teacher_outputs(job, inputs, train_data, eval_data, store, device, progress) -> TeacherSide:
@@ -249,78 +97,6 @@ def teacher_outputs(job, inputs, train_data, eval_data, store, device, progress)
         net.cpu()
     store.write_bytes(key, save_safetensors({**train_out.as_tensors("train"), **eval_out.as_tensors("eval")}))
     return TeacherSide(net, onnx, train_out, eval_out)
-
-
-# ----------------------------------------------------------------------------- stage: student
-
-
-def student_source(job: DistillationJob, inputs: Inputs, teacher: TeacherSide, train_data: Encoded) -> Net:
-    """The model whose layers are extracted: the teacher itself, student.base, or a fresh net."""
-    spec = job.spec
-    num_labels = len(inputs.labels) if inputs.labels is not None else None
-    if teacher.net is not None and spec.student.base is None and spec.student.architecture is None:
-        return teacher.net
-    if spec.student.base is not None:
-        return load_torch_model(inputs.base_path, spec.student.base.format, spec.teacher.task, num_labels)
-    arch = spec.student.architecture
-    if spec.teacher.task in TEXT_TASKS:
-        raise InputError("student.architecture: built-in architectures are for array data; use student.base for text")
-    if num_labels is None:
-        raise InputError("student.architecture: needs labels to size the classifier head")
-    features = train_data.tensors["features"]
-    torch.manual_seed(spec.distillation.seed)
-    shape = list(features.shape[1:])
-    config = BuiltinConfig(
-        architecture=arch.name, num_classes=num_labels, hidden_size=arch.hidden_size,
-        num_blocks=arch.num_blocks, input_dim=int(torch.tensor(shape).prod()),
-        in_channels=shape[0] if len(shape) == 3 else 1,
-        image_size=shape[-2:] if len(shape) >= 2 else _square(shape[0]),
-    )
-    return BuiltinWrapper(BuiltinNet(config), spec.teacher.task)
-
-
-def _square(n: int) -> list[int]:
-    side = int(round(n ** 0.5))
-    return [side, side] if side * side == n else [1, n]
-
-
-@torch.no_grad()
-def importance_scores(net: Net, data: Encoded, job: DistillationJob, device: torch.device) -> list[float]:
-    """Mean block score per layer over calibration batches from the train split."""
-    spec = job.spec.student
-    net.to(device).eval()
-    n_layers = net.num_layers()
-    totals = torch.zeros(n_layers, dtype=torch.float64)
-    count = 0
-    batch_size = min(32, job.spec.distillation.batch_size)
-    for i, batch in enumerate(data.batches(batch_size, device)):
-        if i >= spec.calibration_batches:
-            break
-        hs = net.outputs(batch, hidden_states=True).hidden_states
-        mask = batch.get("attention_mask")
-        for layer in range(n_layers):
-            totals[layer] += extraction.block_scores(hs[layer], hs[layer + 1], mask, spec.importance_metric).sum().double().cpu()
-        count += hs[0].shape[0]
-    return [round(float(v) / max(count, 1), 6) for v in totals]
-
-
-def select_layers(net: Net, data: Encoded, job: DistillationJob, device) -> tuple[list[int], list[float]]:
-    spec = job.spec.student
-    n = net.num_layers()
-    k = extraction.target_size(spec, n)
-    method = spec.method
-    if method == ExtractionMethod.EXPLICIT:
-        return extraction.check_explicit(spec.layers, n), []
-    if method == ExtractionMethod.UNIFORM:
-        return extraction.uniform_layers(n, k), []
-    if method == ExtractionMethod.FIRST:
-        return extraction.first_layers(n, k), []
-    if method == ExtractionMethod.WEIGHT_RANGE:
-        rms = [round(extraction.weight_rms(layer), 6) for layer in net.layer_list()]
-        cap = spec.keep_layers if spec.keep_layers is not None else (k if spec.keep_ratio is not None else None)
-        return extraction.weight_range_layers(rms, spec.weight_range.min, spec.weight_range.max, cap), rms
-    scores = importance_scores(net, data, job, device)
-    return extraction.top_k_layers(scores, k), scores
 
 
 # ----------------------------------------------------------------------------- stage: measure
@@ -392,7 +168,7 @@ def _run_stages(job, store, progress, fingerprint, whole_hash, started, device, 
 
     progress.stage("loading", f"teacher {spec.teacher.uri}")
     inputs = load_inputs(job, work)
-    train_data, eval_data = encode(inputs.train, inputs, job), encode(inputs.eval, inputs, job)
+    train_data, eval_data = encode_split(inputs.train, inputs, job), encode_split(inputs.eval, inputs, job)
     progress.log(f"{len(train_data)} train rows, {len(eval_data)} eval rows, device {device.type}")
 
     checkpoints = Checkpoints(store, fingerprint)

@@ -123,3 +123,14 @@ class OnnxTeacher:
                     raise InputError(f"teacher ONNX output has shape {tuple(out.shape)}; expected (batch, classes)")
                 logits.append(out)
         return TeacherOutputs(torch.cat(logits) if logits else None, torch.cat(pooled) if pooled else None)
+
+
+@dataclass
+class TeacherSide:
+    """The teacher as the rest of the run sees it: a torch model or an ONNX session, and its
+    outputs on both splits (computed once)."""
+
+    net: Net | None  # None for an ONNX teacher
+    onnx: OnnxTeacher | None
+    train: TeacherOutputs
+    eval: TeacherOutputs

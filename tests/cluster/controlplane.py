@@ -25,6 +25,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 STARTUP_TIMEOUT_S = 120  # generous: the CI machine has 2 busy cores
@@ -132,9 +133,14 @@ class ControlPlane:
     Attributes once started: ``server`` (https URL), ``token`` (admin bearer token, group
     system:masters), ``kubeconfig`` (admin kubeconfig path), ``ca_file``, ``work_dir``,
     ``binaries`` and ``logs`` ({process name: log path}).
+
+    Optional: ``extra_apiserver_args`` are appended to kube-apiserver's flags (e.g. audit
+    logging); ``extra_tokens`` are more static token users, each ``(token, user, [groups])``.
     """
 
-    def __init__(self, work_dir: Path | str | None = None, binaries: dict[str, Path] | None = None):
+    def __init__(self, work_dir: Path | str | None = None, binaries: dict[str, Path] | None = None,
+                 extra_apiserver_args: Sequence[str] = (),
+                 extra_tokens: Sequence[tuple[str, str, Sequence[str]]] = ()):
         if binaries is None:
             binaries, missing = find_binaries()
             if missing:
@@ -149,6 +155,8 @@ class ControlPlane:
         self.ca_file = self.work_dir / "apiserver-certs" / "apiserver.crt"
         self.logs: dict[str, Path] = {}
         self._procs: dict[str, subprocess.Popen] = {}
+        self.extra_apiserver_args = list(extra_apiserver_args)
+        self.extra_tokens = [(token, user, list(groups)) for token, user, groups in extra_tokens]
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -195,7 +203,8 @@ class ControlPlane:
                     ["openssl", "rsa", "-in", str(sa_key), "-pubout", "-out", str(sa_pub)]):
             subprocess.run(cmd, check=True, capture_output=True)
         tokens = self.work_dir / "tokens.csv"
-        tokens.write_text(f'{self.token},admin,admin-uid,"system:masters"\n')
+        tokens.write_text(f'{self.token},admin,admin-uid,"system:masters"\n' + "".join(
+            f'{token},{user},{user}-uid,"{",".join(groups)}"\n' for token, user, groups in self.extra_tokens))
         port = free_port()
         self.server = f"https://127.0.0.1:{port}"
         self._spawn("kube-apiserver", [
@@ -207,6 +216,7 @@ class ControlPlane:
             "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
             "--service-account-key-file", str(sa_pub),
             "--service-account-signing-key-file", str(sa_key),
+            *self.extra_apiserver_args,
         ])  # fmt: skip
         self._wait_until("kube-apiserver", lambda: http_ok(f"{self.server}/readyz", self.token))
 

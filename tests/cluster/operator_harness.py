@@ -31,6 +31,7 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         self.starts += 1
         env = {**os.environ, "KUBECONFIG": self.kubeconfig, "DISTILLERY_POLL_INTERVAL_SECONDS": "1",
+               "DISTILLERY_FRONTIER_RESYNC_SECONDS": "5",
                "DISTILLERY_METRICS_PORT": str(self.metrics_port),
                "DISTILLERY_TRAINER_IMAGE": "localhost/distillery-trainer:test", **self.extra_env}
         log = open(self.log_dir / f"operator-{self.namespace}-{self.starts}.log", "wb")  # noqa: SIM115

@@ -297,3 +297,10 @@ def student_event(event, meta, namespace, **_) -> None:
     if event.get("type") == "DELETED":
         with metrics.observed("frontier"):
             update_frontier(namespace, meta.get("labels", {}).get(naming.LABEL_GROUP_KEY))
+
+
+@kopf.timer(GROUP, VERSION, STUDENTS, interval=SETTINGS.frontier_resync_s, initial_delay=SETTINGS.frontier_resync_s)
+def frontier_resync(meta, namespace, **_) -> None:
+    # A DELETED event lost in a watch reconnection is never replayed; this heals the frontier.
+    with metrics.observed("frontier-resync"):
+        update_frontier(namespace, meta.get("labels", {}).get(naming.LABEL_GROUP_KEY))

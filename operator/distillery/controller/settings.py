@@ -23,6 +23,7 @@ class Settings:
     default_endpoint: str | None = None  # S3 endpoint when a job names none
     default_credentials_secret: str | None = None
     poll_interval_s: float = 5.0
+    frontier_resync_s: float = 60.0  # recompute frontiers even without events (a missed DELETED)
     metrics_port: int = 8080
     annotation_prefix: str = "distillery.io"
     finalizer: str = "distillery.io/finalizer"
@@ -44,5 +45,6 @@ class Settings:
             default_endpoint=env.get("DISTILLERY_DEFAULT_S3_ENDPOINT") or None,
             default_credentials_secret=env.get("DISTILLERY_DEFAULT_CREDENTIALS_SECRET") or None,
             poll_interval_s=float(env.get("DISTILLERY_POLL_INTERVAL_SECONDS", base.poll_interval_s)),
+            frontier_resync_s=float(env.get("DISTILLERY_FRONTIER_RESYNC_SECONDS", base.frontier_resync_s)),
             metrics_port=int(env.get("DISTILLERY_METRICS_PORT", base.metrics_port)),
         )

@@ -225,7 +225,12 @@ def test_queue_name_makes_a_suspended_kueue_job(control_plane, namespace, operat
     job = wait_for(lambda: trainer_jobs(control_plane, namespace, "queued"), 180, "the Job")[0]
     assert job["spec"]["suspend"] is True
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
-    assert dj(control_plane, namespace, "queued")["status"]["phase"] == "Pending"
+    import time
+
+    time.sleep(3)  # several follow-ups (1 s poll) later, a suspended Job is still only queued
+    status = dj(control_plane, namespace, "queued")["status"]
+    assert status["phase"] == "Pending"
+    assert condition(dj(control_plane, namespace, "queued"), "Succeeded")["reason"] == "Queued"
 
 
 def student_model(name: str, accuracy: float, latency: float, size: int, group: str = "g1") -> dict:

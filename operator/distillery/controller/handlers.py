@@ -153,9 +153,11 @@ def start_generation(body, meta, status, patch, logger) -> None:
 
 
 def needs_following(status, meta, **_) -> bool:
-    if status.get("observedGeneration") != meta.get("generation"):
+    """Timers follow a started generation; starting one is the create/update/resume handlers'
+    job (kopf retries those), so a timer never races them to create the same Job."""
+    if waiting_for_secret(status):  # the Secret may appear later
         return True
-    return waiting_for_secret(status) or status.get("phase") not in FINAL  # a Secret may appear later
+    return status.get("observedGeneration") == meta.get("generation") and status.get("phase") not in FINAL
 
 
 @kopf.timer(GROUP, VERSION, JOBS, interval=SETTINGS.poll_interval_s, when=needs_following)
@@ -166,7 +168,7 @@ def follow(body, meta, status, patch, logger, **_) -> None:
 
 def follow_trainer(body, meta, status, patch, logger) -> None:
     generation = meta["generation"]
-    if status.get("phase") == "Failed" or status.get("observedGeneration") != generation:
+    if waiting_for_secret(status):
         start_generation(body, meta, status, patch, logger)
         return
     namespace, trainer = meta["namespace"], status.get("trainerJob")
@@ -181,6 +183,8 @@ def follow_trainer(body, meta, status, patch, logger) -> None:
         finish(body, job, meta, status, patch, k8s_job, logger)
     elif job_condition(k8s_job, "Failed"):
         fail(body, meta, status, patch, k8s_job)
+    elif (k8s_job.get("spec") or {}).get("suspend"):
+        return  # queued (Kueue admits it by unsuspending): stays Pending
     else:
         progress = read_progress(job)
         if status.get("phase") != "Running" or (progress and progress != status.get("progress")):

@@ -256,6 +256,8 @@ def test_frontier_of_three_students_with_one_dominated(control_plane, namespace,
     s = wait_for(statuses, 180, "frontier statuses", on_timeout=operator.logs)
     assert s["fast"]["onFrontier"] and s["accurate"]["onFrontier"]
     assert not s["worse"]["onFrontier"] and s["worse"]["dominatedBy"] == ["accurate", "fast"]
+    # No finalizer: deleting a StudentModel never waits for the operator.
+    assert all(not i["metadata"].get("finalizers") for i in get(control_plane, namespace, "studentmodels")["items"])
     # Deleting a dominating model updates the frontier.
     control_plane.kubectl("delete", "studentmodel", "fast", "-n", namespace)
 

@@ -8,6 +8,7 @@ recomputed from the cluster's state after a restart.
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import datetime
 
 import kopf
@@ -28,6 +29,8 @@ STUDENTS = "studentmodels"
 FINAL = ("Succeeded", "Failed")
 
 SETTINGS = Settings.from_env()
+WATCHED_NAMESPACES: list[str] = []  # set by controller.main before kopf starts; empty: all
+_STOP = threading.Event()
 _kube: Kube | None = None
 
 
@@ -282,7 +285,11 @@ def update_frontier(namespace: str, group: str | None) -> None:
     if not group:
         return
     models = kube().list_student_models(namespace, f"{naming.LABEL_GROUP_KEY}={group}")
-    models = [m for m in models if not m["metadata"].get("deletionTimestamp")]
+    write_frontier(namespace, [m for m in models if not m["metadata"].get("deletionTimestamp")])
+
+
+def write_frontier(namespace: str, models: list[dict]) -> None:
+    """Patch the status of the models of one group whose frontier facts changed."""
     for name, wanted in registry.frontier_statuses(models).items():
         current = next(m.get("status") or {} for m in models if m["metadata"]["name"] == name)
         if any(current.get(k) != v for k, v in wanted.items()):
@@ -303,8 +310,39 @@ def student_event(event, meta, namespace, **_) -> None:
             update_frontier(namespace, meta.get("labels", {}).get(naming.LABEL_GROUP_KEY))
 
 
-@kopf.timer(GROUP, VERSION, STUDENTS, interval=SETTINGS.frontier_resync_s, initial_delay=SETTINGS.frontier_resync_s)
-def frontier_resync(meta, namespace, **_) -> None:
-    # A DELETED event lost in a watch reconnection is never replayed; this heals the frontier.
-    with metrics.observed("frontier-resync"):
-        update_frontier(namespace, meta.get("labels", {}).get(naming.LABEL_GROUP_KEY))
+def resync_frontiers() -> None:
+    """One pass over every watched namespace: one LIST each, then only the changed statuses.
+
+    A DELETED event lost in a watch reconnection is never replayed; this heals the frontier. It
+    runs as one loop rather than a kopf timer per StudentModel: a timer would put kopf's
+    finalizer on every StudentModel and cost a LIST per model per interval.
+    """
+    namespaces = WATCHED_NAMESPACES or [None]
+    for namespace in namespaces:
+        models = kube().list_student_models_in(namespace)
+        groups: dict[tuple[str, str], list[dict]] = {}
+        for m in models:
+            group = (m["metadata"].get("labels") or {}).get(naming.LABEL_GROUP_KEY)
+            if group and not m["metadata"].get("deletionTimestamp"):
+                groups.setdefault((m["metadata"]["namespace"], group), []).append(m)
+        for (ns, _group), members in groups.items():
+            write_frontier(ns, members)
+
+
+def _resync_loop(stop: threading.Event) -> None:
+    while not stop.wait(SETTINGS.frontier_resync_s):
+        try:
+            with metrics.observed("frontier-resync"):
+                resync_frontiers()
+        except Exception:  # noqa: BLE001 - keep the loop alive; the next pass retries
+            logging.getLogger(__name__).exception("frontier resync failed")
+
+
+@kopf.on.startup()
+def start_frontier_resync(**_) -> None:
+    threading.Thread(target=_resync_loop, args=(_STOP,), name="frontier-resync", daemon=True).start()
+
+
+@kopf.on.cleanup()
+def stop_frontier_resync(**_) -> None:
+    _STOP.set()

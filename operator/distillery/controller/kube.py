@@ -89,6 +89,12 @@ class Kube:
                                                         label_selector=selector)
         return out.get("items", [])
 
+    def list_student_models_in(self, namespace: str | None) -> list[dict]:
+        """All StudentModels of one namespace, or of the cluster when namespace is None."""
+        if namespace is None:
+            return self.custom.list_cluster_custom_object(GROUP, VERSION, "studentmodels").get("items", [])
+        return self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "studentmodels").get("items", [])
+
     def patch_student_model_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         try:
             self.custom.patch_namespaced_custom_object_status(

@@ -8,7 +8,9 @@ import kopf
 def run(namespaces: list[str], liveness: str | None, verbose: bool = False) -> int:
     """Runs kopf with the handlers registered; blocks until stopped."""
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON)
-    import distillery.controller.handlers  # noqa: F401 - importing registers the handlers
+    from distillery.controller import handlers  # importing registers the handlers
+
+    handlers.WATCHED_NAMESPACES = list(namespaces)
 
     kopf.run(
         standalone=True,  # one replica (Recreate); no peering objects needed

@@ -73,6 +73,55 @@ def cmd_operator(args) -> int:
     return run(namespaces, args.liveness, args.verbose)
 
 
+def cmd_frontier(args) -> int:
+    from distillery import plot
+
+    if args.cluster:
+        try:
+            items = plot.cluster_student_models(args.namespace)
+        except ImportError as err:
+            print(f"error: the kubernetes client is not installed ({err}); pip install 'distillery[operator]'",
+                  file=sys.stderr)
+            return EXIT_ERROR
+        except Exception as err:  # noqa: BLE001 - config or API errors: one line, no traceback
+            print(f"error: cannot list StudentModels: {err}", file=sys.stderr)
+            return EXIT_ERROR
+        points = plot.points_from_student_models(items)
+        source = f"{len(items)} StudentModels" + (f" in {args.namespace}" if args.namespace else "")
+    else:
+        if not args.results:
+            print("error: give one or more result.json files, or --cluster", file=sys.stderr)
+            return EXIT_INVALID
+        from pydantic import ValidationError
+
+        from distillery.api.load import describe_validation_error
+        from distillery.api.result import TrainerResult
+
+        results = []
+        for name in args.results:
+            try:
+                results.append(TrainerResult.model_validate(json.loads(Path(name).read_text())))
+            except (OSError, json.JSONDecodeError) as err:
+                print(f"error: {name}: {err}", file=sys.stderr)
+                return EXIT_INVALID
+            except ValidationError as err:
+                print(f"error: {name}: not a TrainerResult: {describe_validation_error(err)}", file=sys.stderr)
+                return EXIT_INVALID
+        points = plot.points_from_results(results)
+        source = f"{len(results)} results"
+    if not points:
+        print(f"error: nothing to plot ({source} without accuracy and latency)", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        data = plot.frontier_plot(points, args.out, args.title or f"Pareto frontier ({source})")
+    except ImportError as err:
+        print(f"error: matplotlib is not installed ({err}); pip install 'distillery[plot]'", file=sys.stderr)
+        return EXIT_ERROR
+    print(plot.summary(data, points))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillery", description="Distill teacher models into fast students.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="liveness endpoint URL ('' to disable)")
     op.add_argument("--verbose", action="store_true")
     op.set_defaults(func=cmd_operator)
+    fr = sub.add_parser("frontier", help="plot accuracy vs latency for result.json files or a cluster's StudentModels")
+    fr.add_argument("results", nargs="*", metavar="RESULT.json", help="TrainerResult documents (result.json)")
+    fr.add_argument("--out", default="frontier.png", help="PNG to write (default: frontier.png)")
+    fr.add_argument("--title", help="plot title")
+    fr.add_argument("--cluster", action="store_true", help="plot the StudentModels in the cluster instead")
+    fr.add_argument("--namespace", help="with --cluster: this namespace only (default: all)")
+    fr.set_defaults(func=cmd_frontier)
     return parser
 
 

@@ -350,23 +350,12 @@ def job_document(name: str, work: Path) -> dict[str, Any]:
     """The digits job of the cluster tests (tests/digits.py), output under the run's folder.
 
     The teacher and data paths are never read: the fake trainer replays a recorded result."""
-    ws = work / "digits-ws"
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "DistillationJob",
-        "metadata": {"name": name},
-        "spec": {
-            "teacher": {"uri": f"file://{ws / 'teacher'}", "format": "torch", "task": "tabular-classification"},
-            "dataset": {"format": "npz", "trainUri": str(ws / "data" / "train.npz"),
-                        "evalUri": str(ws / "data" / "eval.npz"), "featuresField": "x", "labelField": "y"},
-            "student": {"method": "importance", "keepLayers": 2},
-            "distillation": {"epochs": 2, "learningRate": 3e-3, "batchSize": 64, "temperature": 4.0,
-                             "alpha": 0.7, "checkpointEverySteps": 10},
-            "benchmark": {"batchSize": 16, "iterations": 10, "warmup": 2, "threads": 1},
-            "targets": {"maxAccuracyDrop": 0.5},
-            "output": {"uri": f"file://{work / 'out' / name}"},
-        },
-    }
+    from tests.digits import digits_job_document
+
+    doc = digits_job_document(work / "digits-ws", work / "out" / name, distillation={"epochs": 2},
+                              targets={"maxAccuracyDrop": 0.5})
+    doc["metadata"]["name"] = name
+    return doc
 
 
 def write_operator_kubeconfig(admin: Path, token: str, path: Path) -> None:

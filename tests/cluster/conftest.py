@@ -201,3 +201,6 @@ def namespace(control_plane: Cluster, request: pytest.FixtureRequest) -> Iterato
             print(control_plane.kubectl("get", "all,events", "-n", name, "-o", "wide", check=False).stdout)
             print(f"===== node agent log tail\n{tail(control_plane.logs['node-agent'], 4000)}")
         control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+from tests.chart.test_chart import helm  # noqa: E402, F401 - the helm fixture, shared with tests/chart

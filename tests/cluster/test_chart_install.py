@@ -22,24 +22,11 @@ import pytest
 import yaml
 
 from distillery.controller import status as st
-from tests.chart.test_chart import CHART, find_helm
+from tests.chart.test_chart import CHART
 from tests.cluster.conftest import Cluster
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_JOB = REPO / "examples" / "gitops" / "distillationjob.yaml"
-
-
-@pytest.fixture(scope="module")
-def helm() -> Path:
-    path, where = find_helm()
-    if path is None:
-        import os
-
-        message = f"helm not found (looked at {where}); build it with scripts/build-control-plane.sh"
-        if os.environ.get("DISTILLERY_REQUIRE_CONTROL_PLANE") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 @dataclass

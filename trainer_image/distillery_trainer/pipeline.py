@@ -227,7 +227,7 @@ def _run_stages(job, store, progress, fingerprint, whole_hash, started, device, 
     else:
         teacher_onnx = export_onnx(teacher.net, work / "teacher.onnx", example, spec.export.opset)
         teacher_params, teacher_layers = teacher.net.parameter_count(), teacher.net.num_layers()
-    check_batches = list(eval_data.batches(EVAL_BATCH))[:1]
+    check_batches = [next(eval_data.batches(EVAL_BATCH))]  # one batch is enough for the round trip
     onnx_check = onnx_outputs(student_onnx, check_batches, hardware)
     ref = student_outputs(student, Encoded({k: v[:EVAL_BATCH] for k, v in eval_data.tensors.items()}, None), torch.device("cpu"))
     ref_tensor = ref.logits if ref.logits is not None else ref.pooled

@@ -431,8 +431,8 @@ def run_one(n: int, *, poll_interval: float = 5.0, metrics: str = "recorded", ti
             keep: Path | None = None, kopf_max_workers: int | None = None, idle_s: float = 0) -> dict[str, Any]:
     """One measurement: fresh control plane, node agent, namespace and operator; N jobs at once."""
     from kubernetes import config as kconfig
-    from tests.cluster.conftest import NODE_NAME, Cluster, _node_ready, _start_agent, wait_for
-    from tests.cluster.controlplane import STARTUP_TIMEOUT_S, stop_process
+    from tests.cluster.conftest import bring_up, wait_for
+    from tests.cluster.controlplane import stop_process
 
     timeout = timeout or 300 + 4 * n
     root = Path(tempfile.mkdtemp(prefix=f"distillery-opscale-{n}-"))
@@ -445,16 +445,7 @@ def run_one(n: int, *, poll_interval: float = 5.0, metrics: str = "recorded", ti
     try:
         t_cp = time.monotonic()
         cp, binaries = start_control_plane(root, op_token)
-        log_dir = cp.work_dir / "pod-logs"
-        log_dir.mkdir()
-        cluster = Cluster(kubeconfig=cp.kubeconfig, server=cp.server, token=cp.token,
-                          kubectl_bin=binaries["kubectl"], agent_log_dir=log_dir, work_dir=cp.work_dir,
-                          logs={**cp.logs, "node-agent": log_dir / "node-agent.log"})
-        crds = REPO_ROOT / "crds"
-        cluster.kubectl("apply", "--server-side", "-f", crds)
-        cluster.kubectl("wait", "--for", "condition=Established", "--timeout=120s", "-f", crds, timeout=150)
-        agent = _start_agent(cp, log_dir, cp.work_dir / "pods")
-        wait_for(lambda: _node_ready(cluster, agent), timeout=STARTUP_TIMEOUT_S, what=f"node {NODE_NAME} Ready")
+        cluster, agent = bring_up(cp, binaries)
         result["control_plane_start_s"] = round(time.monotonic() - t_cp, 1)
         log(f"N={n}: control plane up in {result['control_plane_start_s']} s ({cp.work_dir})")
 

@@ -15,17 +15,12 @@ import sys
 
 import pytest
 
-from tests.cluster.controlplane import find_binaries
+from tests.cluster.conftest import require_binaries
 
 
 @pytest.fixture(scope="module")
 def control_plane_built() -> None:
-    _, missing = find_binaries()
-    if missing:
-        reason = "control plane not built: run scripts/build-control-plane.sh (missing: " + "; ".join(missing) + ")"
-        if os.environ.get("DISTILLERY_REQUIRE_CONTROL_PLANE") == "1":
-            pytest.fail(f"DISTILLERY_REQUIRE_CONTROL_PLANE=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
+    require_binaries()
 
 
 def test_fake_trainer_result_matches_what_the_operator_checks(tmp_path):

@@ -126,16 +126,43 @@ def _node_ready(cluster: Cluster, agent: subprocess.Popen) -> bool:
     return result.stdout.strip() == "True"
 
 
-@pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A real control plane with the CRDs installed and the test node agent running."""
+def require_binaries() -> dict:
+    """The control-plane binaries; skips the test when they are not built (fails under
+    DISTILLERY_REQUIRE_CONTROL_PLANE=1, where the build was expected to succeed)."""
     binaries, missing = find_binaries()
     if missing:
         reason = "control plane not built: run scripts/build-control-plane.sh (missing: " + "; ".join(missing) + ")"
         if os.environ.get("DISTILLERY_REQUIRE_CONTROL_PLANE") == "1":
             pytest.fail(f"DISTILLERY_REQUIRE_CONTROL_PLANE=1 but {reason}", pytrace=False)
         pytest.skip(reason)
+    return binaries
 
+
+def bring_up(cp: ControlPlane, binaries: dict) -> tuple[Cluster, subprocess.Popen]:
+    """On a started control plane: install the CRDs, start the node agent, wait for its node.
+    The caller stops the agent (stop_process) and the control plane."""
+    log_dir = cp.work_dir / "pod-logs"
+    log_dir.mkdir()
+    cluster = Cluster(kubeconfig=cp.kubeconfig, server=cp.server, token=cp.token,
+                      kubectl_bin=binaries["kubectl"], agent_log_dir=log_dir, work_dir=cp.work_dir,
+                      logs={**cp.logs, "node-agent": log_dir / "node-agent.log"})
+    crds = REPO_ROOT / "crds"
+    cluster.kubectl("apply", "--server-side", "-f", crds)
+    cluster.kubectl("wait", "--for", "condition=Established", f"--timeout={WAIT_S}s", "-f", crds,
+                    timeout=WAIT_S + 30)
+    agent = _start_agent(cp, log_dir, cp.work_dir / "pods")
+    try:
+        wait_for(lambda: _node_ready(cluster, agent), timeout=STARTUP_TIMEOUT_S, what=f"node {NODE_NAME} Ready")
+    except BaseException:
+        stop_process(agent)
+        raise
+    return cluster, agent
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A real control plane with the CRDs installed and the test node agent running."""
+    binaries = require_binaries()
     root = tmp_path_factory.mktemp("control-plane")
     failures = []
     for attempt in range(2):  # a free port can be taken before a server binds it; retry once
@@ -150,17 +177,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
 
     agent = None
     try:
-        log_dir = cp.work_dir / "pod-logs"
-        log_dir.mkdir()
-        cluster = Cluster(kubeconfig=cp.kubeconfig, server=cp.server, token=cp.token,
-                          kubectl_bin=binaries["kubectl"], agent_log_dir=log_dir, work_dir=cp.work_dir,
-                          logs={**cp.logs, "node-agent": log_dir / "node-agent.log"})
-        crds = REPO_ROOT / "crds"
-        cluster.kubectl("apply", "--server-side", "-f", crds)
-        cluster.kubectl("wait", "--for", "condition=Established", f"--timeout={WAIT_S}s", "-f", crds,
-                        timeout=WAIT_S + 30)
-        agent = _start_agent(cp, log_dir, cp.work_dir / "pods")
-        wait_for(lambda: _node_ready(cluster, agent), timeout=STARTUP_TIMEOUT_S, what=f"node {NODE_NAME} Ready")
+        cluster, agent = bring_up(cp, binaries)
         yield cluster
     finally:
         if agent is not None:

@@ -2,10 +2,12 @@
 against the usual alternatives, on the CPU.
 
 Teacher: all-MiniLM-L6-v2 (6 layers) fine-tuned on BBC News as a 5-class classifier by
-finetune_teacher.py (seeded, cached). For 3 and 2 layers, five students, each made by
+finetune_teacher.py (seeded, cached). For 3 and 2 layers, six students, each made by
 Distillery's own pipeline (`distillery_trainer.pipeline.run` on a DistillationJob):
 
-  importance-kd    Distillery's strategy: keep the layers with the highest block influence, heal with KD
+  importance-kd    Distillery's strategy (its defaults): importance by ablation (greedily drop the layer
+                   whose removal changes the teacher's softened outputs least), heal with KD
+  influence-kd     importance by block influence (ShortGPT: keep the blocks that change their input most) + KD
   first-kd         the first N layers + KD
   uniform-kd       every k-th layer (DistilBERT-style) + KD
   importance-hard  the layers importance-kd kept, trained on hard labels only (alpha 0: no KD)
@@ -41,9 +43,10 @@ from finetune_teacher import FinetuneSettings, ensure_teacher, quick_settings  #
 
 GOAL_RETENTION = 0.97
 GOAL_SPEEDUP = 3.5
-STRATEGIES = ("importance-kd", "first-kd", "uniform-kd", "importance-hard", "scratch-kd")
+STRATEGIES = ("importance-kd", "influence-kd", "first-kd", "uniform-kd", "importance-hard", "scratch-kd")
 DESCRIPTIONS = {
-    "importance-kd": "importance (block influence) + KD: Distillery's strategy",
+    "importance-kd": "importance (ablation, the default) + KD: Distillery's strategy",
+    "influence-kd": "importance by block influence (ShortGPT) + KD",
     "first-kd": "first N layers + KD",
     "uniform-kd": "every k-th layer (uniform) + KD",
     "importance-hard": "importance-kd's layers, hard labels only (alpha 0)",
@@ -102,10 +105,13 @@ def benchmark_data(config: Config):
 
 
 def job_document(name: str, strategy: str, n_layers: int, config: Config, teacher: Path, data: dict,
-                 out: Path, importance_layers: list[int] | None, scratch_base: Path | None) -> dict:
+                 out: Path, importance_layers: list[int] | None, scratch_base: Path | None,
+                 teacher_cache: Path | None = None) -> dict:
     student: dict = {"keepLayers": n_layers}
     alpha = config.alpha
     if strategy == "importance-kd":
+        student.update(method="importance")  # and the default importanceMetric
+    elif strategy == "influence-kd":
         student.update(method="importance", importanceMetric="block-influence")
     elif strategy == "first-kd":
         student.update(method="first")
@@ -136,7 +142,7 @@ def job_document(name: str, strategy: str, n_layers: int, config: Config, teache
             "benchmark": {"batchSize": 1, "sequenceLength": config.bench_seq, "warmup": config.b1_warmup,
                           "iterations": config.b1_iterations, **({"threads": config.threads} if config.threads else {})},
             "export": {"formats": ["onnx", "safetensors"], "int8": True},
-            "output": {"uri": str(out)},
+            "output": {"uri": str(out), **({"cacheUri": str(teacher_cache)} if teacher_cache else {})},
         },
     }
 
@@ -154,22 +160,6 @@ def make_scratch_model(teacher: Path, n_layers: int, seed: int, dest: Path) -> P
     model.save_pretrained(str(dest), safe_serialization=True)
     AutoTokenizer.from_pretrained(str(teacher)).save_pretrained(str(dest))
     return dest
-
-
-def seed_teacher_outputs(job, out: Path, cached: Path | None) -> None:
-    """Put the teacher outputs an earlier job computed where this job's pipeline looks for them.
-
-    The pipeline caches the teacher's outputs under its output prefix, keyed by the training
-    fingerprint (it reuses them on a resume). Every job here has the same teacher and data, so
-    the outputs are the same tensors; copying them under this job's key saves recomputing them.
-    """
-    if cached is None:
-        return
-    from distillery.fingerprint import training_fingerprint
-
-    dest = out / "cache" / f"teacher-outputs-{training_fingerprint(job.spec)}.safetensors"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(cached, dest)
 
 
 # ----------------------------------------------------------------------------- latency
@@ -277,7 +267,7 @@ class Row:
         return self.retention >= GOAL_RETENTION and speed >= GOAL_SPEEDUP
 
 
-def run_job(doc: dict, out: Path, seed_from: Path | None):
+def run_job(doc: dict, out: Path):
     from distillery.api import load_job
     from distillery_trainer.pipeline import run
     from distillery_trainer.progress import Progress
@@ -285,7 +275,6 @@ def run_job(doc: dict, out: Path, seed_from: Path | None):
     job = load_job(doc)
     shutil.rmtree(out, ignore_errors=True)  # a fresh run every time: nothing reused but the teacher outputs
     out.mkdir(parents=True)
-    seed_teacher_outputs(job, out, seed_from)
     t0 = time.perf_counter()
     result = run(job, progress=Progress(show_bar=False))
     return result, time.perf_counter() - t0
@@ -445,7 +434,10 @@ def main(argv=None) -> int:
 
     results: dict[str, object] = {}
     seconds: dict[str, float] = {}
-    shared_outputs: Path | None = None
+    # One teacher pass for all jobs: they share output.cacheUri (keyed by teacher files and data).
+    teacher_cache = work / "teacher-cache" if config.share_teacher_outputs else None
+    if teacher_cache is not None:
+        shutil.rmtree(teacher_cache, ignore_errors=True)  # the first job pays for it in every run
     for n_layers in config.layer_counts:
         importance_layers = None
         for strategy in config.strategies:
@@ -456,14 +448,10 @@ def main(argv=None) -> int:
                 continue
             scratch = make_scratch_model(teacher, n_layers, config.seed, work / f"scratch-{n_layers}L") \
                 if strategy == "scratch-kd" else None
-            doc = job_document(job_name, strategy, n_layers, config, teacher, data, out, importance_layers, scratch)
+            doc = job_document(job_name, strategy, n_layers, config, teacher, data, out, importance_layers, scratch,
+                               teacher_cache)
             bc.log(f"--- {job_name}: {DESCRIPTIONS[strategy]}")
-            result, seconds[job_name] = run_job(doc, out, shared_outputs if config.share_teacher_outputs else None)
-            if shared_outputs is None:
-                found = sorted((out / "cache").glob("teacher-outputs-*.safetensors"))
-                if found:
-                    shared_outputs = work / "teacher-outputs.safetensors"
-                    shutil.copy2(found[0], shared_outputs)
+            result, seconds[job_name] = run_job(doc, out)
             if strategy == "importance-kd":
                 importance_layers = list(result.layers_kept)
             results[job_name] = result

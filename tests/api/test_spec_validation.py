@@ -125,6 +125,8 @@ INVALID = [
     ("unknown-nested-field", _set("spec.student.keep_layer", 2), ["spec.student.keep_layer"]),
     ("missing-output", _drop("spec.output"), ["spec.output", "required"]),
     ("duplicate-layers", _set("spec.student", {"method": "explicit", "layers": [0, 0]}), ["spec.student", "duplicates"]),
+    ("cache-on-another-store", _set("spec.output", {"uri": "s3://b/o", "cacheUri": "/local/cache"}),
+     ["spec.output", "cacheUri", "same kind of store"]),
 ]  # fmt: skip
 
 
@@ -147,6 +149,9 @@ VALID = [
     ("accuracy-drop-bounds", _set("spec.targets", {"maxAccuracyDrop": 1, "minAccuracy": 0})),
     ("snake-case-names", _set("spec.student", {"keep_layers": 2})),
     ("extra-metadata", _set("metadata", {"name": "x", "uid": "123", "labels": {"a": "b"}})),
+    ("cache-on-the-same-store", _set("spec.output", {"uri": "s3://b/o", "cacheUri": "s3://shared/cache"})),
+    ("dropout-off-and-ablation", lambda d: (_set("spec.distillation.disableDropout", True)(d),
+                                            _set("spec.student.importanceMetric", "ablation")(d))),
 ]  # fmt: skip
 
 

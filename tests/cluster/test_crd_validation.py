@@ -68,6 +68,9 @@ def test_minimal_job_is_created_with_server_side_defaults(control_plane: Cluster
                      id="onnx-teacher-without-student-base"),
         pytest.param(lambda s: s.update(student={"method": "explicit"}),
                      ["spec.student", "student.method explicit needs student.layers"], id="explicit-without-layers"),
+        pytest.param(lambda s: s["output"].update(cacheUri="/var/cache"),
+                     ["spec.output", "output.cacheUri must be on the same kind of store as output.uri"],
+                     id="cacheUri-on-another-store"),
     ],
 )
 def test_invalid_job_is_refused_naming_the_field(control_plane: Cluster, namespace: str,

@@ -54,6 +54,8 @@ def test_credentials_by_reference_and_spec_per_generation():
     assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
     spec = json.loads(env["DISTILLERY_JOB"]["value"])["spec"]
     assert spec["output"]["uri"] == "s3://o/news/g2"
+    # Every generation shares one teacher-output cache next to its own prefix.
+    assert spec["output"]["cacheUri"] == "s3://o/news/cache"
     assert spec["teacher"]["uri"] == "s3://m/teacher"
 
 

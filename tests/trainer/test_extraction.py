@@ -3,11 +3,14 @@
 import pytest
 import torch
 
-from distillery.api.job import ImportanceMetric, Student
+from distillery.api.job import DistillationJob, ImportanceMetric, Student, Task
+from distillery.api.load import load_job
 from distillery_trainer import extraction
 from distillery_trainer.builtin import BuiltinConfig, BuiltinNet
+from distillery_trainer.encode import Encoded
 from distillery_trainer.errors import InputError
 from distillery_trainer.nets import BuiltinWrapper
+from distillery_trainer.student import ablation_selection, select_layers
 
 
 def test_target_size_from_keep_layers_ratio_and_default():
@@ -41,7 +44,7 @@ def test_weight_range_keeps_layers_inside_and_caps_by_rms():
         extraction.weight_range_layers(rms, 5.0, 6.0, None)
 
 
-@pytest.mark.parametrize("metric", list(ImportanceMetric))
+@pytest.mark.parametrize("metric", [ImportanceMetric.BLOCK_INFLUENCE, ImportanceMetric.ANGULAR_DISTANCE])
 def test_importance_ranks_an_identity_block_lowest(metric):
     torch.manual_seed(0)
     net = BuiltinNet(BuiltinConfig(architecture="mlp", num_classes=3, hidden_size=16, num_blocks=4, input_dim=8))
@@ -67,3 +70,58 @@ def test_text_block_scores_ignore_padding():
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 0, 0]])
     scores = extraction.block_scores(inputs, outputs, mask, ImportanceMetric.BLOCK_INFLUENCE)
     assert torch.allclose(scores, torch.zeros(2), atol=1e-6)
+
+
+def mlp_with_identity_block(identity: int, blocks: int = 5) -> BuiltinWrapper:
+    torch.manual_seed(0)
+    net = BuiltinNet(BuiltinConfig(architecture="mlp", num_classes=3, hidden_size=16, num_blocks=blocks, input_dim=8))
+    with torch.no_grad():  # the block adds act(0) = 0: removing it changes nothing downstream
+        net.blocks[identity].fc.weight.zero_()
+        net.blocks[identity].fc.bias.zero_()
+    return BuiltinWrapper(net, Task.TABULAR_CLASSIFICATION)
+
+
+def small_job(**student) -> DistillationJob:
+    return load_job({
+        "apiVersion": "distillery.io/v1alpha1", "kind": "DistillationJob", "metadata": {"name": "t"},
+        "spec": {"teacher": {"uri": "/t", "format": "torch", "task": "tabular-classification"},
+                 "dataset": {"format": "npz", "trainUri": "/d.npz", "evalUri": "/e.npz"},
+                 "student": {"method": "importance", **student},
+                 "distillation": {"batchSize": 16}, "output": {"uri": "/o"}},
+    })
+
+
+def test_ablation_drops_the_block_whose_removal_changes_nothing_first():
+    wrapped = mlp_with_identity_block(identity=1)
+    data = Encoded({"features": torch.randn(64, 8)}, torch.randint(0, 3, (64,)))
+    job = small_job(keepLayers=4)
+    assert job.spec.student.importance_metric == ImportanceMetric.ABLATION  # the default
+    kept, scores = select_layers(wrapped, data, job, torch.device("cpu"))
+    assert kept == [0, 2, 3, 4]
+    assert scores[1] == pytest.approx(0.0, abs=1e-6)
+    assert all(s > 1e-4 for i, s in enumerate(scores) if i != 1)
+    # Scoring runs on the net itself and must leave it whole.
+    assert wrapped.num_layers() == 5 and wrapped.model.config.num_blocks == 5
+
+
+def test_ablation_is_greedy_and_stops_at_the_target_size():
+    wrapped = mlp_with_identity_block(identity=3)
+    data = Encoded({"features": torch.randn(40, 8)}, None)
+    kept, scores = ablation_selection(wrapped, data, small_job(keepLayers=2), torch.device("cpu"), 2)
+    assert len(kept) == 2 and 3 not in kept and kept == sorted(kept)
+    assert len(scores) == 5
+
+
+def test_only_layers_runs_a_subset_and_restores_the_net():
+    wrapped = mlp_with_identity_block(identity=2)
+    x = {"features": torch.randn(4, 8)}
+    with torch.no_grad():
+        full = wrapped.outputs(x).logits
+        with wrapped.only_layers([0, 1, 3, 4]) as cut:
+            assert cut.num_layers() == 4
+            without_identity = cut.outputs(x).logits
+        with wrapped.only_layers([0]):
+            assert not torch.allclose(wrapped.outputs(x).logits, full)
+        assert torch.allclose(without_identity, full, atol=1e-6)  # block 2 was a no-op
+        assert torch.equal(wrapped.outputs(x).logits, full)
+    assert wrapped.num_layers() == 5

@@ -47,3 +47,17 @@ def test_hidden_losses():
     assert hidden_loss(a, b, HiddenLossType.COSINE).item() == pytest.approx(0.5)
     assert hidden_loss(a, b, HiddenLossType.MSE).item() == pytest.approx((1 + 1 + 0 + 1) / 4)
     assert hidden_loss(a, b, HiddenLossType.NONE).item() == 0.0
+
+
+def test_disable_dropout_makes_training_mode_deterministic():
+    from distillery_trainer.training import disable_dropout
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2),
+                                torch.nn.Dropout1d(0.3))
+    x = torch.randn(16, 8)
+    model.train()
+    assert not torch.equal(model(x), model(x))  # dropout on: two passes differ
+    disable_dropout(model)
+    assert model.training
+    assert torch.equal(model(x), model.eval()(x))

@@ -65,6 +65,19 @@ def block_scores(
     return (per_token * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
+def output_divergence(reference, trial, temperature: float) -> torch.Tensor:
+    """How far a cut model's outputs are from the full model's, per example, summed.
+
+    Classifiers: KL(full || cut) of the softened class distributions, the quantity KD will have
+    to recover; embeddings: 1 - cosine of the pooled vectors.
+    """
+    if reference.logits is not None:
+        target = F.log_softmax(reference.logits.float() / temperature, dim=-1)
+        guess = F.log_softmax(trial.logits.float() / temperature, dim=-1)
+        return F.kl_div(guess, target, log_target=True, reduction="sum")
+    return (1.0 - F.cosine_similarity(reference.pooled.float(), trial.pooled.float(), dim=-1)).sum()
+
+
 def weight_rms(layer: torch.nn.Module) -> float:
     """Root-mean-square of a layer's weight matrices (biases and norms left out)."""
     total, count = 0.0, 0

@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,12 +63,29 @@ class Net(nn.Module):
         """A deep copy that keeps only the layers at `keep` (in order)."""
         clone = copy.deepcopy(self)
         layers = clone.layer_list()
-        kept = nn.ModuleList(layers[i] for i in keep)
-        clone._set_layers(kept)
+        clone._set_layers(nn.ModuleList(layers[i] for i in keep), keep)
         return clone
 
-    def _set_layers(self, layers: nn.ModuleList) -> None:
+    @contextmanager
+    def only_layers(self, keep: list[int]) -> Iterator[Net]:
+        """This net running only the layers at `keep`, restored afterwards (no copy: for scoring)."""
+        original, saved = self.layer_list(), self._layer_config()
+        self._set_layers(nn.ModuleList(original[i] for i in keep), keep)
+        try:
+            yield self
+        finally:
+            self._set_layers(original, list(range(len(original))))
+            self._restore_layer_config(saved)
+
+    def _set_layers(self, layers: nn.ModuleList, indices: list[int]) -> None:
+        """Install `layers` (the old layers at `indices`) and keep the config in step."""
         raise NotImplementedError
+
+    def _layer_config(self) -> dict:
+        return {}
+
+    def _restore_layer_config(self, saved: dict) -> None:
+        pass
 
     def save(self, directory: Path) -> None:
         raise NotImplementedError
@@ -142,15 +161,28 @@ class HFNet(Net):
         parent, attr = find_layer_list(self.model)
         return getattr(parent, attr)
 
-    def _set_layers(self, layers: nn.ModuleList) -> None:
+    # Config fields that describe every layer (e.g. attention type per layer) follow the cut.
+    _PER_LAYER_CONFIG = ("layer_types",)
+
+    def _set_layers(self, layers: nn.ModuleList, indices: list[int]) -> None:
         parent, attr = find_layer_list(self.model)
         setattr(parent, attr, layers)
         config = self.model.config
         config.num_hidden_layers = len(layers)
-        # Some configs describe every layer (e.g. attention type per layer); keep them in step.
-        for name in ("layer_types",):
-            if isinstance(getattr(config, name, None), list):
-                setattr(config, name, [getattr(config, name)[i] for i in range(len(layers))])
+        for name in self._PER_LAYER_CONFIG:
+            values = getattr(config, name, None)
+            if isinstance(values, list) and len(values) > max(indices, default=-1):
+                setattr(config, name, [values[i] for i in indices])
+
+    def _layer_config(self) -> dict:
+        config = self.model.config
+        return {name: copy.copy(getattr(config, name, None))
+                for name in ("num_hidden_layers", *self._PER_LAYER_CONFIG)}
+
+    def _restore_layer_config(self, saved: dict) -> None:
+        for name, value in saved.items():
+            if value is not None:
+                setattr(self.model.config, name, value)
 
     def outputs(self, batch: dict[str, torch.Tensor], hidden_states: bool = False) -> Outputs:
         out = self.model(
@@ -235,7 +267,7 @@ class BuiltinWrapper(Net):
     def layer_list(self) -> nn.ModuleList:
         return self.model.blocks
 
-    def _set_layers(self, layers: nn.ModuleList) -> None:
+    def _set_layers(self, layers: nn.ModuleList, indices: list[int]) -> None:
         self.model.blocks = layers
         self.model.config.num_blocks = len(layers)
 

@@ -22,7 +22,7 @@ from distillery.compare import PROVENANCE
 from distillery.fingerprint import spec_hash, training_fingerprint
 from distillery.store import open_store
 from distillery.verdict import Measured, decide
-from distillery_trainer import report
+from distillery_trainer import report, teacher_cache
 from distillery_trainer.checkpoint import Checkpoints, CheckpointState
 from distillery_trainer.encode import Encoded
 from distillery_trainer.errors import InputError
@@ -77,11 +77,12 @@ def teacher_outputs(job, inputs, train_data, eval_data, store, device, progress)
             if out_dim != num_labels:
                 raise InputError(f"dataset has {num_labels} classes but the teacher predicts {out_dim}")
 
-    # Teacher outputs are computed once and cached in the store: reused across epochs and resumes.
-    key = f"cache/teacher-outputs-{training_fingerprint(spec)}.safetensors"
-    if store.exists(key):
-        tensors = load_safetensors(store.read_bytes(key))
-        progress.log("reusing cached teacher outputs")
+    # Teacher outputs are computed once and cached: reused across epochs, resumes and jobs.
+    cache, prefix = teacher_cache.cache_location(spec, store)
+    key = teacher_cache.entry_key(prefix, teacher_cache.content_key(spec, inputs.teacher_path, train_data, eval_data))
+    if cache.exists(key):
+        tensors = load_safetensors(cache.read_bytes(key))
+        progress.log(f"reusing cached teacher outputs {cache.uri_for(key)}")
         return TeacherSide(net, onnx, TeacherOutputs.from_tensors(tensors, "train"),
                            TeacherOutputs.from_tensors(tensors, "eval"))
     if onnx is not None:
@@ -95,7 +96,7 @@ def teacher_outputs(job, inputs, train_data, eval_data, store, device, progress)
         progress.fraction(0.8)
         eval_out = torch_outputs(net, eval_data, EVAL_BATCH, device)
         net.cpu()
-    store.write_bytes(key, save_safetensors({**train_out.as_tensors("train"), **eval_out.as_tensors("eval")}))
+    cache.write_bytes(key, save_safetensors({**train_out.as_tensors("train"), **eval_out.as_tensors("eval")}))
     return TeacherSide(net, onnx, train_out, eval_out)
 
 

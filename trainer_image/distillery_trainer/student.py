@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from distillery.api.job import DistillationJob, ExtractionMethod
+from distillery.api.job import DistillationJob, ExtractionMethod, ImportanceMetric
 from distillery_trainer import extraction
 from distillery_trainer.builtin import BuiltinConfig, BuiltinNet
 from distillery_trainer.encode import Encoded
@@ -44,6 +44,15 @@ def _square(n: int) -> list[int]:
     return [side, side] if side * side == n else [1, n]
 
 
+def calibration_batches(data: Encoded, job: DistillationJob, device: torch.device) -> list[dict]:
+    """calibrationBatches batches of train rows spread evenly over the split: deterministic, and
+    not just its head, which a file sorted by label would fill with one class."""
+    batch_size = min(32, job.spec.distillation.batch_size)
+    rows = min(len(data), batch_size * job.spec.student.calibration_batches)
+    index = torch.linspace(0, len(data) - 1, rows).round().long().unique()
+    return [data.batch(chunk, device) for chunk in index.split(batch_size)]
+
+
 @torch.no_grad()
 def importance_scores(net: Net, data: Encoded, job: DistillationJob, device: torch.device) -> list[float]:
     """Mean block score per layer over calibration batches from the train split."""
@@ -52,16 +61,44 @@ def importance_scores(net: Net, data: Encoded, job: DistillationJob, device: tor
     n_layers = net.num_layers()
     totals = torch.zeros(n_layers, dtype=torch.float64)
     count = 0
-    batch_size = min(32, job.spec.distillation.batch_size)
-    for i, batch in enumerate(data.batches(batch_size, device)):
-        if i >= spec.calibration_batches:
-            break
+    for batch in calibration_batches(data, job, device):
         hs = net.outputs(batch, hidden_states=True).hidden_states
         mask = batch.get("attention_mask")
         for layer in range(n_layers):
             totals[layer] += extraction.block_scores(hs[layer], hs[layer + 1], mask, spec.importance_metric).sum().double().cpu()
         count += hs[0].shape[0]
     return [round(float(v) / max(count, 1), 6) for v in totals]
+
+
+@torch.no_grad()
+def ablation_selection(net: Net, data: Encoded, job: DistillationJob, device: torch.device,
+                       k: int) -> tuple[list[int], list[float]]:
+    """Greedy depth pruning by output change: drop, one at a time, the layer whose removal moves
+    the model's outputs least from the full model's on calibration batches.
+
+    Unlike block influence, which looks at each block's own input and output, this measures what
+    the task sees (logits at the distillation temperature, or the embedding). Returns the kept
+    layers and, as scores, each layer's divergence when removed alone from the full model.
+    """
+    net.to(device).eval()
+    batches = calibration_batches(data, job, device)
+    temperature = job.spec.distillation.temperature
+    reference = [net.outputs(batch) for batch in batches]
+
+    def divergence(keep: list[int]) -> float:
+        with net.only_layers(keep):
+            total = sum(extraction.output_divergence(ref, net.outputs(batch), temperature)
+                        for ref, batch in zip(reference, batches, strict=True))
+        return float(total) / max(1, len(batches))
+
+    keep = list(range(net.num_layers()))
+    first_round: list[float] = []
+    while len(keep) > k:
+        costs = {layer: divergence([i for i in keep if i != layer]) for layer in keep}
+        if not first_round:
+            first_round = [round(costs[i], 6) for i in keep]
+        keep.remove(min(keep, key=lambda i: (costs[i], -i)))  # ties: drop the later layer
+    return keep, first_round
 
 
 def select_layers(net: Net, data: Encoded, job: DistillationJob, device) -> tuple[list[int], list[float]]:
@@ -79,6 +116,8 @@ def select_layers(net: Net, data: Encoded, job: DistillationJob, device) -> tupl
         rms = [round(extraction.weight_rms(layer), 6) for layer in net.layer_list()]
         cap = spec.keep_layers if spec.keep_layers is not None else (k if spec.keep_ratio is not None else None)
         return extraction.weight_range_layers(rms, spec.weight_range.min, spec.weight_range.max, cap), rms
+    if spec.importance_metric == ImportanceMetric.ABLATION:
+        return ablation_selection(net, data, job, device, k)
     scores = importance_scores(net, data, job, device)
     return extraction.top_k_layers(scores, k), scores
 

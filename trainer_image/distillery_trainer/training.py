@@ -46,6 +46,16 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Zero every dropout module's rate (in training mode torch then skips the random mask).
+
+    The rate is module state, not config: a saved student keeps its configured dropout.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+
+
 def step_loss(ctx: TrainContext, batch: dict, index: torch.Tensor) -> torch.Tensor:
     spec = ctx.spec
     out = ctx.student.outputs(batch)
@@ -96,6 +106,8 @@ def train(ctx: TrainContext, resume_payload: dict | None = None) -> list[dict]:
     ctx.progress.open_bar(total_steps, "distilling", initial=state.global_step)
     for epoch in range(state.epoch, spec.epochs):
         student.train()
+        if spec.disable_dropout:
+            disable_dropout(student)
         order = epoch_order(n, spec.seed, epoch)
         # Loss is summed on the device and read once per epoch: no host sync per step.
         loss_sum = torch.zeros((), device=ctx.device)

@@ -40,6 +40,8 @@ class ExtractionMethod(StrEnum):
 class ImportanceMetric(StrEnum):
     BLOCK_INFLUENCE = "block-influence"  # 1 - cos(input, output) of each block (ShortGPT)
     ANGULAR_DISTANCE = "angular-distance"  # arccos(cos(input, output)) / pi
+    # Task-aware: greedily drop the layer whose removal changes the model's outputs least.
+    ABLATION = "ablation"
 
 
 class HiddenLossType(StrEnum):
@@ -146,7 +148,7 @@ class Student(ApiModel):
     }
 
     method: ExtractionMethod = ExtractionMethod.IMPORTANCE
-    importance_metric: ImportanceMetric = ImportanceMetric.BLOCK_INFLUENCE
+    importance_metric: ImportanceMetric = ImportanceMetric.ABLATION
     keep_layers: int | None = Field(default=None, ge=1, description="number of layers to keep")
     keep_ratio: float | None = Field(default=None, gt=0, le=1, description="fraction of layers to keep")
     layers: list[int] | None = Field(default=None, max_length=1024, description="explicit 0-based layer indices")
@@ -189,6 +191,11 @@ class Distillation(ApiModel):
     seed: int = 0
     hidden_loss: HiddenLoss = Field(default_factory=HiddenLoss)
     checkpoint_every_steps: int = Field(default=50, ge=1)
+    disable_dropout: bool = Field(
+        default=False,
+        description="train the student with dropout off: faster steps (no random masks); "
+        "the saved model keeps its configured dropout",
+    )
 
 
 class Targets(ApiModel):
@@ -225,13 +232,35 @@ class Export(ApiModel):
 class Output(ApiModel):
     """Where artifacts go and how to reach the store."""
 
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": crd_extra(
+            cel(
+                "!has(self.cacheUri) || self.cacheUri.startsWith('s3://') == self.uri.startsWith('s3://')",
+                "output.cacheUri must be on the same kind of store as output.uri (both s3:// or both files)",
+            ),
+        )
+    }
+
     uri: str = Field(min_length=1, description="artifact prefix: file://, s3:// or a local path")
+    cache_uri: str | None = Field(
+        default=None, min_length=1,
+        description="teacher-output cache prefix on the same store and credentials (default "
+        "<uri>/cache); entries are keyed by the teacher's files and the encoded data, so jobs "
+        "distilling one teacher on one dataset can share it",
+    )
     endpoint: str | None = Field(default=None, description="S3 endpoint URL (MinIO and the like)")
     region: str | None = None
     credentials_secret: str | None = Field(
         default=None,
         description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (cluster only)",
     )
+
+    @model_validator(mode="after")
+    def _same_store(self) -> Output:
+        if self.cache_uri is not None and self.cache_uri.startswith("s3://") != self.uri.startswith("s3://"):
+            raise ValueError("output.cacheUri must be on the same kind of store as output.uri "
+                             "(both s3:// or both files)")
+        return self
 
 
 class Toleration(ApiModel):

@@ -24,6 +24,9 @@ def for_generation(job: DistillationJob, generation: int) -> DistillationJob:
     """The job as the trainer of one generation sees it (the stored spec is never changed)."""
     spec = job.spec.model_copy(deep=True)
     spec.output.uri = generation_output_uri(job.spec.output.uri, generation)
+    if spec.output.cache_uri is None:
+        # One teacher-output cache for every generation: an edit of the student reuses it.
+        spec.output.cache_uri = f"{job.spec.output.uri.rstrip('/')}/cache"
     return job.model_copy(update={"spec": spec})
 
 

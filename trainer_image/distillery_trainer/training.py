@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -97,10 +98,19 @@ def train(ctx: TrainContext, resume_payload: dict | None = None) -> list[dict]:
     else:
         torch.manual_seed(spec.seed)
 
+    last_save = time.monotonic()
+
     def save() -> None:
+        nonlocal last_save
         payload = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                    "rng": torch.get_rng_state()}
         ctx.checkpoints.save(state, student.state_dict(), payload)
+        last_save = time.monotonic()
+
+    def checkpoint_due() -> bool:
+        every = spec.checkpoint_every_steps
+        return bool(every and state.global_step % every == 0) or \
+            time.monotonic() - last_save >= spec.checkpoint_every_seconds
 
     history = list(state.history)
     ctx.progress.open_bar(total_steps, "distilling", initial=state.global_step)
@@ -128,13 +138,14 @@ def train(ctx: TrainContext, resume_payload: dict | None = None) -> list[dict]:
             state.step_in_epoch = step + 1
             ctx.progress.tick(epoch=f"{epoch + 1}/{spec.epochs}")
             ctx.progress.fraction(state.global_step / total_steps, epoch + 1, spec.epochs)
-            if state.global_step % spec.checkpoint_every_steps == 0 and state.step_in_epoch < steps_per_epoch:
+            if state.step_in_epoch < steps_per_epoch and checkpoint_due():
                 save()
         mean_loss = float(loss_sum) / max(1, steps)
         history.append({"epoch": epoch + 1, "loss": round(mean_loss, 6), "steps": steps})
         ctx.progress.log(f"epoch {epoch + 1}/{spec.epochs}: mean loss {mean_loss:.4f}")
         state.epoch, state.step_in_epoch, state.history = epoch + 1, 0, history
-        save()
+        if epoch + 1 == spec.epochs or checkpoint_due():  # the last one always: a rerun skips training
+            save()
     ctx.progress.close_bar()
     state.finished = True
     if spec.epochs == 0 or state.global_step == 0:

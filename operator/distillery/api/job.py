@@ -190,7 +190,12 @@ class Distillation(ApiModel):
     max_grad_norm: float = Field(default=1.0, gt=0)
     seed: int = 0
     hidden_loss: HiddenLoss = Field(default_factory=HiddenLoss)
-    checkpoint_every_steps: int = Field(default=50, ge=1)
+    checkpoint_every_steps: int | None = Field(
+        default=None, ge=1, description="also checkpoint every N optimizer steps (default: by time only)")
+    checkpoint_every_seconds: float = Field(
+        default=120.0, gt=0, le=86400,
+        description="checkpoint once this much wall time has passed since the last one, and at the end; "
+        "a write costs about a second, so a time bound keeps it a small share of any step rate")
     disable_dropout: bool = Field(
         default=False,
         description="train the student with dropout off: faster steps (no random masks); "

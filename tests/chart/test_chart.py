@@ -284,12 +284,14 @@ def assert_least_privilege(rules) -> None:
     assert allowed(rules, "distillery.io", "studentmodels/status", "patch")
     assert allowed(rules, "distillery.io", "studentmodels", "create")
     assert allowed(rules, "batch", "jobs", "create") and allowed(rules, "batch", "jobs", "delete")
+    assert allowed(rules, "batch", "jobs", "watch")  # the operator follows its trainer Jobs by a watch
     assert allowed(rules, "", "events", "create")
     assert allowed(rules, "", "pods", "list")
     assert allowed(rules, "apiextensions.k8s.io", "customresourcedefinitions", "watch")
     # Never: the spec is not the operator's (kopf patches only annotations/finalizers).
     assert not allowed(rules, "distillery.io", "distillationjobs", "update")
     assert not allowed(rules, "distillery.io", "distillationjobs", "create")
+    assert not allowed(rules, "distillery.io", "studentmodels", "patch")  # only their status
     assert not allowed(rules, "", "pods", "create")
     assert not allowed(rules, "", "secrets", "list")
 
@@ -330,6 +332,7 @@ def test_watch_namespaces_gives_a_role_per_namespace(custom_docs):
         role_rules = [(r["metadata"]["name"], r, rule) for r in [role] for rule in r["rules"]]
         assert allowed(role_rules, "", "secrets", "get")
         assert allowed(role_rules, "distillery.io", "distillationjobs/status", "patch")
+        assert allowed(role_rules, "batch", "jobs", "watch")  # per namespace, not cluster-wide
 
 
 def test_rbac_can_be_left_to_the_cluster_admin(helm):

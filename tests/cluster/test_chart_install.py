@@ -122,7 +122,7 @@ def client_as_service_account(control_plane: Cluster, who: Installed):
 
 def test_namespaced_rbac_allows_what_the_operator_does_and_nothing_more(control_plane, namespace, namespaced):
     yes = [("create", "jobs.batch", None), ("get", "jobs.batch", None), ("list", "jobs.batch", None),
-           ("delete", "jobs.batch", None),
+           ("watch", "jobs.batch", None), ("delete", "jobs.batch", None),
            ("patch", "distillationjobs.distillery.io", "status"),
            ("patch", "studentmodels.distillery.io", "status"),
            ("patch", "distillationjobs.distillery.io", None),  # kopf's annotations
@@ -136,6 +136,7 @@ def test_namespaced_rbac_allows_what_the_operator_does_and_nothing_more(control_
           ("delete", "namespaces", None), ("create", "pods", None), ("delete", "pods", None),
           ("update", "distillationjobs.distillery.io", None), ("create", "distillationjobs.distillery.io", None),
           ("delete", "distillationjobs.distillery.io", None), ("update", "distillationjobs.distillery.io", "status"),
+          ("patch", "studentmodels.distillery.io", None), ("delete", "studentmodels.distillery.io", None),
           ("create", "roles.rbac.authorization.k8s.io", None), ("create", "serviceaccounts", "token"),
           ("*", "*", None)]
     wrong = [(verb, resource, sub) for verb, resource, sub in yes

@@ -93,10 +93,11 @@ under distillery.io/ and its finalizer; results go to the /status subresource).
 - apiGroups: ["distillery.io"]
   resources: ["distillationjobs"]
   verbs: ["get", "list", "watch", "patch"]
-# Accepted students are registered as StudentModels.
+# Accepted students are registered as StudentModels; the operator follows them with a watch and
+# writes only their status (kopf keeps no bookkeeping on them).
 - apiGroups: ["distillery.io"]
   resources: ["studentmodels"]
-  verbs: ["get", "list", "watch", "patch", "create"]
+  verbs: ["get", "list", "watch", "create"]
 # Everything the operator learns goes to status.
 - apiGroups: ["distillery.io"]
   resources: ["distillationjobs/status", "studentmodels/status"]
@@ -106,10 +107,11 @@ under distillery.io/ and its finalizer; results go to the /status subresource).
 - apiGroups: ["distillery.io"]
   resources: ["distillationjobs/finalizers"]
   verbs: ["update"]
-# One trainer Job per job generation; older generations are deleted.
+# One trainer Job per job generation; older generations are deleted. The operator follows them
+# with a watch (list, watch) rather than a GET per poll.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["create", "get", "list", "delete"]
+  verbs: ["create", "get", "list", "watch", "delete"]
 # The trainer pods' termination messages (why a run failed).
 - apiGroups: [""]
   resources: ["pods"]

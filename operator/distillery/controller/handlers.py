@@ -3,12 +3,18 @@
 Rules kept here: the spec is never written (all we learn goes to status), handlers return
 nothing, every step is idempotent (deterministic names, 409 is success), and everything is
 recomputed from the cluster's state after a restart.
+
+What the operator reads comes from watches where it can: kopf indexes hold the StudentModels of
+each frontier group and the trainer Jobs (kopf fills them from a LIST before any handler runs, so
+a restart starts from the cluster's state), instead of a LIST per finished job and a GET per poll.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import time
 from datetime import datetime
 
 import kopf
@@ -18,9 +24,10 @@ from distillery.api.job import DistillationJob
 from distillery.api.result import PROGRESS_KEY, RESULT_KEY, TrainerResult
 from distillery.controller import metrics, naming, registry
 from distillery.controller import status as st
+from distillery.controller.debounce import Debouncer
 from distillery.controller.kube import Kube, load_config, termination_message
 from distillery.controller.settings import Settings
-from distillery.controller.trainer_job import build_trainer_job, for_generation
+from distillery.controller.trainer_job import build_trainer_job, for_generation, watched_view
 from distillery.fingerprint import spec_hash
 from distillery.store import StoreError, open_store
 
@@ -32,6 +39,8 @@ SETTINGS = Settings.from_env()
 WATCHED_NAMESPACES: list[str] = []  # set by controller.main before kopf starts; empty: all
 _STOP = threading.Event()
 _kube: Kube | None = None
+_frontier: Debouncer | None = None  # recomputes frontier groups, set up at startup
+_gone: frozenset[str] = frozenset()  # StudentModel uids the index holds but the last resync LIST lacked
 
 
 def kube() -> Kube:
@@ -53,6 +62,44 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.watching.server_timeout = 120
     kube()
     metrics.serve(SETTINGS.metrics_port)
+
+
+# ----------------------------------------------------------------------------- indexes
+
+
+# Both are async: they are pure and quick, so they run in kopf's event loop, not its thread pool.
+@kopf.index(GROUP, VERSION, STUDENTS, id="students_by_group")
+async def students_by_group(body, namespace, labels, **_):
+    """StudentModels by (namespace, frontier group), as much of each as the frontier needs."""
+    group = labels.get(naming.LABEL_GROUP_KEY)
+    return {(namespace, group): registry.indexed(body)} if group else {}  # {}: drop a removed label's entry
+
+
+@kopf.index("batch", "v1", "jobs", id="trainer_jobs",
+            labels={naming.LABEL_MANAGED_BY: naming.MANAGER, naming.LABEL_JOB: kopf.PRESENT})
+async def trainer_jobs(body, namespace, name, **_):
+    """Trainer Jobs by (namespace, name), as much of each as following it needs."""
+    return {(namespace, name): watched_view(body)}
+
+
+def entries(index, key) -> list[dict]:
+    """A copy of one key's values. kopf changes its indexes in the event loop while handlers and
+    the frontier thread read them, so an iteration that raced a change is simply retried."""
+    for _ in range(100):
+        try:
+            return list(index.get(key, ()))
+        except RuntimeError:  # "changed size during iteration"
+            continue
+    return list(index.get(key, ()))
+
+
+def keys(index) -> list:
+    for _ in range(100):
+        try:
+            return list(index)
+        except RuntimeError:  # as in entries()
+            continue
+    return list(index)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -164,12 +211,26 @@ def needs_following(status, meta, **_) -> bool:
 
 
 @kopf.timer(GROUP, VERSION, JOBS, interval=SETTINGS.poll_interval_s, when=needs_following)
-def follow(body, meta, status, patch, logger, **_) -> None:
+def follow(body, meta, status, patch, logger, memo, trainer_jobs, students_by_group, **_) -> None:
     with metrics.observed("follow"):
-        follow_trainer(body, meta, status, patch, logger)
+        follow_trainer(body, meta, status, patch, logger, memo, trainer_jobs, students_by_group)
 
 
-def follow_trainer(body, meta, status, patch, logger) -> None:
+def observed_job(namespace: str, name: str, index, memo) -> dict | None:
+    """The trainer Job as the watch last saw it; from a GET when the index has no single entry for
+    it (the watch may lag a Job just created, and a missing Job gets recreated, so its absence is
+    confirmed first), and once per trainer_recheck_s (a DELETED event lost while the watch
+    reconnected would leave a stale entry behind)."""
+    seen = entries(index, (namespace, name))
+    checked = memo.setdefault("trainer_checked", {})  # per DistillationJob, in memory only
+    now = time.monotonic()
+    if len(seen) == 1 and now - checked.setdefault(name, now) < SETTINGS.trainer_recheck_s:
+        return seen[0]
+    checked[name] = now
+    return kube().read_job(namespace, name)
+
+
+def follow_trainer(body, meta, status, patch, logger, memo, jobs_index, students_index) -> None:
     generation = meta["generation"]
     if waiting_for_secret(status):
         start_generation(body, meta, status, patch, logger)
@@ -177,13 +238,13 @@ def follow_trainer(body, meta, status, patch, logger) -> None:
     namespace, trainer = meta["namespace"], status.get("trainerJob")
     if not trainer:
         return
-    job = for_generation(parse_job(body), generation)
-    k8s_job = kube().read_job(namespace, trainer)
+    k8s_job = observed_job(namespace, trainer, jobs_index, memo)
     if k8s_job is None:  # deleted behind our back: run this generation again
         start_generation(body, meta, {**status, "observedGeneration": None}, patch, logger)
         return
+    job = for_generation(parse_job(body), generation)
     if job_condition(k8s_job, "Complete"):
-        finish(body, job, meta, status, patch, k8s_job, logger)
+        finish(body, job, meta, status, patch, logger, students_index)
     elif job_condition(k8s_job, "Failed"):
         fail(body, meta, status, patch, k8s_job)
     elif (k8s_job.get("spec") or {}).get("suspend"):
@@ -227,7 +288,7 @@ def fail(body, meta, status, patch, k8s_job: dict) -> None:
     metrics.STUDENTS.labels("failed").inc()
 
 
-def finish(body, job: DistillationJob, meta, status, patch, k8s_job, logger) -> None:
+def finish(body, job: DistillationJob, meta, status, patch, logger, students_index) -> None:
     generation = meta["generation"]
     previous = status.get("conditions")
     try:
@@ -243,21 +304,21 @@ def finish(body, job: DistillationJob, meta, status, patch, k8s_job, logger) -> 
         return
 
     accepted, reasons = result.decision.accepted, list(result.decision.reasons)
-    group = registry.group_of(result.teacher_uri, result.task.value, result.hardware.value)
     own_name = naming.student_model_name(job.metadata.name, generation)
-    registered = [m for m in kube().list_student_models(meta["namespace"], f"{naming.LABEL_GROUP_KEY}={group}")
-                  if m["metadata"]["name"] != own_name]
     if accepted and job.spec.targets.must_improve_frontier:
+        group = registry.group_of(result.teacher_uri, result.task.value, result.hardware.value)
+        registered = [m for m in registry.live(entries(students_index, (meta["namespace"], group)), _gone)
+                      if m["metadata"]["name"] != own_name]
         dominated_by = registry.candidate_dominators(result, registered)
         if dominated_by:
             accepted = False
             reasons = [f"dominated on the frontier by {', '.join(dominated_by)}"]
     student_model = None
     if accepted:
+        # Its own ADDED event recomputes the group's frontier: the verdict does not wait for it.
         student_model = own_name
         if kube().create_student_model(registry.build_student_model(job, meta["uid"], generation, result)):
             milestone(body, reason="StudentRegistered", message=f"registered StudentModel {student_model}")
-        update_frontier(meta["namespace"], group)
     apply_status(patch, body, st.finished(generation, result, accepted, reasons, student_model, previous))
     milestone(body, reason="Accepted" if accepted else "Rejected",
               message=f"speedup {result.speedup:.2f}x, retention {result.accuracy_retention:.4f}, "
@@ -280,14 +341,6 @@ def forget(meta, **_) -> None:
 # ----------------------------------------------------------------------------- StudentModel
 
 
-def update_frontier(namespace: str, group: str | None) -> None:
-    """Recompute who is on the frontier of one group and write what changed to status."""
-    if not group:
-        return
-    models = kube().list_student_models(namespace, f"{naming.LABEL_GROUP_KEY}={group}")
-    write_frontier(namespace, [m for m in models if not m["metadata"].get("deletionTimestamp")])
-
-
 def write_frontier(namespace: str, models: list[dict]) -> None:
     """Patch the status of the models of one group whose frontier facts changed."""
     for name, wanted in registry.frontier_statuses(models).items():
@@ -296,53 +349,67 @@ def write_frontier(namespace: str, models: list[dict]) -> None:
             kube().patch_student_model_status(namespace, name, wanted)
 
 
-@kopf.on.resume(GROUP, VERSION, STUDENTS)
-@kopf.on.create(GROUP, VERSION, STUDENTS)
-def student_added(meta, namespace, **_) -> None:
+def recompute_group(index, key: tuple[str, str]) -> None:
+    """One frontier pass over one (namespace, group), from the index: no LIST."""
     with metrics.observed("frontier"):
-        update_frontier(namespace, meta.get("labels", {}).get(naming.LABEL_GROUP_KEY))
+        write_frontier(key[0], registry.live(entries(index, key), _gone))
 
 
 @kopf.on.event(GROUP, VERSION, STUDENTS)
-def student_event(event, meta, namespace, **_) -> None:
-    if event.get("type") == "DELETED":
-        with metrics.observed("frontier"):
-            update_frontier(namespace, meta.get("labels", {}).get(naming.LABEL_GROUP_KEY))
+async def student_event(event, body, namespace, labels, **_) -> None:
+    """Arrivals, departures and spec edits recompute their group, once per burst (debounced).
 
-
-def resync_frontiers() -> None:
-    """One pass over every watched namespace: one LIST each, then only the changed statuses.
-
-    A DELETED event lost in a watch reconnection is never replayed; this heals the frontier. It
-    runs as one loop rather than a kopf timer per StudentModel: a timer would put kopf's
-    finalizer on every StudentModel and cost a LIST per model per interval.
+    A watch handler, not create/resume handlers: kopf then keeps no state on StudentModels (no
+    annotation or finalizer patches), and its initial LIST still brings every model after a restart.
     """
-    namespaces = WATCHED_NAMESPACES or [None]
-    for namespace in namespaces:
-        models = kube().list_student_models_in(namespace)
-        groups: dict[tuple[str, str], list[dict]] = {}
-        for m in models:
+    group = labels.get(naming.LABEL_GROUP_KEY)
+    if group and _frontier is not None and registry.changes_frontier(event.get("type"), body):
+        _frontier.schedule((namespace, group))
+
+
+def resync_frontiers(index) -> None:
+    """One LIST per watched namespace, then every group recomputed (through the debouncer).
+
+    kopf re-lists after a watch reconnection but never replays the deletions it missed, so the
+    index may keep a deleted model: a uid the index held before the LIST and the LIST lacks is
+    gone. Recomputing every group also heals a status someone edited. It runs as one loop rather
+    than a kopf timer per StudentModel, which would put kopf's finalizer on every StudentModel.
+    """
+    global _gone
+    before = {m["metadata"]["uid"] for key in keys(index) for m in entries(index, key)}
+    listed, groups = set(), set(keys(index))
+    for namespace in WATCHED_NAMESPACES or [None]:
+        for m in kube().list_student_models_in(namespace):
+            listed.add(m["metadata"]["uid"])
             group = (m["metadata"].get("labels") or {}).get(naming.LABEL_GROUP_KEY)
-            if group and not m["metadata"].get("deletionTimestamp"):
-                groups.setdefault((m["metadata"]["namespace"], group), []).append(m)
-        for (ns, _group), members in groups.items():
-            write_frontier(ns, members)
+            if group:
+                groups.add((m["metadata"]["namespace"], group))
+    _gone = frozenset(before - listed)
+    for key in groups:
+        _frontier.schedule(key)
 
 
-def _resync_loop(stop: threading.Event) -> None:
+def _resync_loop(stop: threading.Event, index) -> None:
     while not stop.wait(SETTINGS.frontier_resync_s):
         try:
             with metrics.observed("frontier-resync"):
-                resync_frontiers()
+                resync_frontiers(index)
         except Exception:  # noqa: BLE001 - keep the loop alive; the next pass retries
             logging.getLogger(__name__).exception("frontier resync failed")
 
 
 @kopf.on.startup()
-def start_frontier_resync(**_) -> None:
-    threading.Thread(target=_resync_loop, args=(_STOP,), name="frontier-resync", daemon=True).start()
+def start_frontier(students_by_group, **_) -> None:
+    # Startup handlers get the (still empty) index objects that kopf then keeps filling.
+    global _frontier
+    _frontier = Debouncer(functools.partial(recompute_group, students_by_group),
+                          SETTINGS.frontier_debounce_s).start("frontier")
+    threading.Thread(target=_resync_loop, args=(_STOP, students_by_group), name="frontier-resync",
+                     daemon=True).start()
 
 
 @kopf.on.cleanup()
-def stop_frontier_resync(**_) -> None:
+def stop_frontier(**_) -> None:
     _STOP.set()
+    if _frontier is not None:
+        _frontier.stop()

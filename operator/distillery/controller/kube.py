@@ -1,4 +1,5 @@
-"""Thin Kubernetes I/O the handlers use (the official client; kopf does its own watching)."""
+"""Thin Kubernetes I/O the handlers use (the official client; kopf does its own watching and
+fills the indexes the handlers read instead of listing)."""
 
 from __future__ import annotations
 
@@ -83,11 +84,6 @@ class Kube:
             if err.status == 409:
                 return False
             raise
-
-    def list_student_models(self, namespace: str, selector: str) -> list[dict]:
-        out = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "studentmodels",
-                                                        label_selector=selector)
-        return out.get("items", [])
 
     def list_student_models_in(self, namespace: str | None) -> list[dict]:
         """All StudentModels of one namespace, or of the cluster when namespace is None."""

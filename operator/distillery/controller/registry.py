@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from distillery.api.job import DistillationJob
@@ -69,3 +70,36 @@ def candidate_dominators(result: TrainerResult, models: list[dict]) -> list[str]
     candidate = point_of("<candidate>", result.student.to_wire())
     others = [point_of(m["metadata"]["name"], m["spec"].get("metrics", {})) for m in models]
     return dominators(candidate, others)
+
+
+FRONTIER_KEYS = ("onFrontier", "dominatedBy", "group", "observedGeneration")
+
+
+def indexed(model: Mapping) -> dict[str, Any]:
+    """What the frontier needs of a StudentModel, in the same shape as the object: the operator's
+    index keeps this much per model rather than whole objects (their artifacts, layers, ...)."""
+    meta, status = model["metadata"], model.get("status") or {}
+    return {
+        "metadata": {"name": meta["name"], "uid": meta.get("uid"), "generation": meta.get("generation"),
+                     "labels": {naming.LABEL_GROUP_KEY: (meta.get("labels") or {}).get(naming.LABEL_GROUP_KEY)},
+                     "deletionTimestamp": meta.get("deletionTimestamp")},
+        "spec": {"metrics": dict((model.get("spec") or {}).get("metrics") or {})},
+        "status": {k: status[k] for k in FRONTIER_KEYS if k in status},
+    }
+
+
+def live(models: Iterable[Mapping], gone: set[str] | frozenset[str] = frozenset()) -> list[Mapping]:
+    """The models that still count: not being deleted, and not known to be gone (uids a LIST no
+    longer returned although the index still holds them: a DELETED event lost by the watch)."""
+    return [m for m in models
+            if not m["metadata"].get("deletionTimestamp") and m["metadata"].get("uid") not in gone]
+
+
+def changes_frontier(event_type: str | None, model: Mapping) -> bool:
+    """Whether a StudentModel event may change its group's frontier: an arrival (or the operator's
+    start), a departure, or a spec edit not yet reflected; not the operator's own status writes."""
+    if event_type != "MODIFIED":
+        return True
+    meta, status = model["metadata"], model.get("status") or {}
+    return (bool(meta.get("deletionTimestamp")) or "onFrontier" not in status
+            or status.get("observedGeneration") != meta.get("generation"))

@@ -24,6 +24,8 @@ class Settings:
     default_credentials_secret: str | None = None
     poll_interval_s: float = 5.0
     frontier_resync_s: float = 60.0  # recompute frontiers even without events (a missed DELETED)
+    frontier_debounce_s: float = 1.0  # a burst of StudentModel events recomputes its group once
+    trainer_recheck_s: float = 60.0  # GET a watched trainer Job this often (a missed DELETED)
     metrics_port: int = 8080
     annotation_prefix: str = "distillery.io"
     finalizer: str = "distillery.io/finalizer"
@@ -46,5 +48,7 @@ class Settings:
             default_credentials_secret=env.get("DISTILLERY_DEFAULT_CREDENTIALS_SECRET") or None,
             poll_interval_s=float(env.get("DISTILLERY_POLL_INTERVAL_SECONDS", base.poll_interval_s)),
             frontier_resync_s=float(env.get("DISTILLERY_FRONTIER_RESYNC_SECONDS", base.frontier_resync_s)),
+            frontier_debounce_s=float(env.get("DISTILLERY_FRONTIER_DEBOUNCE_SECONDS", base.frontier_debounce_s)),
+            trainer_recheck_s=float(env.get("DISTILLERY_TRAINER_RECHECK_SECONDS", base.trainer_recheck_s)),
             metrics_port=int(env.get("DISTILLERY_METRICS_PORT", base.metrics_port)),
         )

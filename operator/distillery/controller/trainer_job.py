@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from distillery.api.job import DistillationJob
@@ -158,4 +159,17 @@ def build_trainer_job(job: DistillationJob, uid: str, generation: int, settings:
             }],
         },
         "spec": job_spec,
+    }
+
+
+def watched_view(job: Mapping) -> dict[str, Any]:
+    """What following a trainer Job needs of it, in the same shape as the Job: the operator's index
+    keeps this much per Job rather than whole Jobs (their pod templates carry the job document)."""
+    meta = job["metadata"]
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return {
+        "metadata": {"name": meta["name"], "namespace": meta.get("namespace"), "uid": meta.get("uid")},
+        "spec": {"suspend": (job.get("spec") or {}).get("suspend")},
+        "status": {"conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message")}
+                                  for c in conditions]},
     }

@@ -17,21 +17,13 @@
 # Any failure exits non-zero with the reason.
 set -euo pipefail
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-TOOLS_DIR="${DISTILLERY_TOOLS_DIR:-$HOME/.cache/distillery/tools}"
+# shellcheck source=lib/go-tools.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/go-tools.sh"
 ENV_FILE="$TOOLS_DIR/control-plane.env"
-GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
 ALL_TOOLS=(etcd kube-apiserver kube-controller-manager kubectl helm)
 
 log() { echo "[build-control-plane] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
-
-# The version a wrapper module pins for `module` (its require line in go.mod). Parsed with awk
-# so a warm run neither needs nor waits for the go command.
-pinned_version() { # <module-dir> <module-path>
-    awk -v m="$2" '($1 == m && $2 ~ /^v/) {print $2; exit} ($1 == "require" && $2 == m) {print $3; exit}' \
-        "$REPO_ROOT/$1/go.mod"
-}
 
 K8S_VERSION="$(pinned_version tools/k8s k8s.io/kubernetes)"
 ETCD_VERSION="$(pinned_version tools/etcd go.etcd.io/etcd/server/v3)"
@@ -83,32 +75,9 @@ tool_spec() { # <tool>
 
 # Builds one tool into the cache unless it is already there; sets BIN to its path.
 build_tool() { # <tool>
-    local name="$1" moddir version pkg tags ldflags
-    tool_spec "$name"
-    moddir="${SPEC[0]}" version="${SPEC[1]}" pkg="${SPEC[2]}" tags="${SPEC[3]}" ldflags="${SPEC[4]}"
-    BIN="$TOOLS_DIR/$name-$version/bin/$name"
-    if [[ -x "$BIN" ]]; then
-        log "$name $version: cached at $BIN"
-        return 0
-    fi
-    [[ -x "$GO" ]] || die "no go command found (set GO=/path/to/go); cannot build $name"
-    log "$name $version: building $pkg from $moddir (cold build)..."
-    mkdir -p "$(dirname "$BIN")"
-    local start tmp rc=0
-    start=$(date +%s)
-    # Build to a temp name and rename, so an interrupted build never looks cached.
-    tmp="$BIN.tmp.$$"
-    (
-        cd "$REPO_ROOT/$moddir"
-        export GOTOOLCHAIN=local GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0
-        nice -n 19 "$GO" build -p 1 -trimpath ${tags:+-tags "$tags"} -ldflags "-s -w $ldflags" -o "$tmp" "$pkg"
-    ) >&2 || rc=$?
-    if [[ $rc -ne 0 ]]; then
-        rm -f "$tmp"
-        die "building $name $version from $moddir failed (go build exit $rc; see the output above)"
-    fi
-    mv "$tmp" "$BIN"
-    log "$name $version: built in $(($(date +%s) - start))s -> $BIN"
+    tool_spec "$1"
+    BIN="$(go_build_cached "$1" "${SPEC[0]}" "${SPEC[1]}" "${SPEC[2]}" "${SPEC[3]}" "${SPEC[4]}")" ||
+        die "cannot build $1"
 }
 
 # Sets KEY=VALUE in control-plane.env, keeping the other lines.

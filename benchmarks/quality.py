@@ -176,11 +176,11 @@ def interleaved_latency(models: dict[str, Path], batch: int, rounds: int, runs: 
                         config: Config) -> dict:
     """p50 (ms) of every model at one batch size, measured in interleaved rounds.
 
-    The same feed, session options (onnxruntime, CPU, `threads`) and warm-up rule as
-    onnx_tools.measure_latency, but the models take turns: each round runs every model `runs`
-    times, in a rotating order. A change in machine load during the measurement then hits all
-    models alike instead of whichever one happened to be running, which matters on a shared
-    machine. One session per model, created once.
+    The same feed, session options (onnxruntime, CPU, `threads`) and warm-up rule as the
+    pipeline's onnx_tools.measure_latencies, which also lets models take turns in blocks; here
+    with many more rounds, in a rotating order, over every model of the benchmark. A change in
+    machine load then hits all models alike instead of whichever one happened to be running.
+    One session per model, created once.
     """
     from distillery.api.job import Hardware
     from distillery_trainer.onnx_tools import feed_for, session

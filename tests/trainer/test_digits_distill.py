@@ -110,3 +110,20 @@ def test_onnx_teacher_with_a_builtin_student(digits_workspace, digits_job, tmp_p
     assert result.teacher.accuracy > 0.9  # measured through onnxruntime
     assert result.student.accuracy > 0.6
     assert result.student.parameters < result.teacher.parameters
+
+
+def test_latencies_are_measured_in_turns_with_every_iteration_counted(digits_workspace, tmp_path):
+    from distillery.api.job import Benchmark, Hardware
+    from distillery_trainer.builtin import load_builtin
+    from distillery_trainer.onnx_tools import measure_latencies
+
+    net = load_builtin(digits_workspace / "teacher").eval()
+    example = (torch.randn(4, 64),)
+    big, small = tmp_path / "big.onnx", tmp_path / "small.onnx"
+    torch.onnx.export(net, example, str(big), input_names=["features"], dynamo=False)
+    net.blocks = net.blocks[:1]
+    torch.onnx.export(net, example, str(small), input_names=["features"], dynamo=False)
+    latencies = measure_latencies([big, small], example, Benchmark(warmup=1, iterations=7, threads=1), Hardware.CPU)
+    assert [lat.iterations for lat in latencies] == [7, 7]  # 3 + 2 + 2 in three turns each
+    for lat in latencies:
+        assert 0 < lat.p50_ms <= lat.p95_ms

@@ -109,18 +109,34 @@ def feed_for(sess, example: tuple) -> dict[str, np.ndarray]:
     return feed
 
 
-def measure_latency(path: Path, example: tuple, bench: Benchmark, hardware: Hardware) -> Latency:
-    """Warm up, then time `iterations` runs of one fixed batch; p50/p95 in milliseconds."""
-    sess = session(path, hardware, bench.threads)
-    feed = feed_for(sess, example)
-    for _ in range(bench.warmup):
-        sess.run(None, feed)
-    times = []
-    for _ in range(bench.iterations):
-        start = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - start) * 1000.0)
-    times.sort()
+# Models take turns in this many blocks of runs, so a slow spell of the machine (other
+# processes, a noisy VM neighbour) falls on every model instead of on whichever ran then.
+LATENCY_ROUNDS = 3
+
+
+def measure_latencies(paths: list[Path], example: tuple, bench: Benchmark, hardware: Hardware,
+                      rounds: int = LATENCY_ROUNDS) -> list[Latency]:
+    """Latency of several models on the same batch: each is warmed up, then they take turns in
+    `rounds` blocks that add up to `iterations` timed runs each (a block per model per round, not
+    one run each: alternating single runs makes onnxruntime's spinning thread pools compete)."""
+    sessions = [session(path, hardware, bench.threads) for path in paths]
+    feeds = [feed_for(sess, example) for sess in sessions]
+    for sess, feed in zip(sessions, feeds, strict=True):
+        for _ in range(bench.warmup):
+            sess.run(None, feed)
+    rounds = max(1, min(rounds, bench.iterations))
+    blocks = [bench.iterations // rounds + (1 if r < bench.iterations % rounds else 0) for r in range(rounds)]
+    times: list[list[float]] = [[] for _ in paths]
+    for block in blocks:
+        for sess, feed, out in zip(sessions, feeds, times, strict=True):
+            for _ in range(block):
+                start = time.perf_counter()
+                sess.run(None, feed)
+                out.append((time.perf_counter() - start) * 1000.0)
+    return [_latency(sorted(t)) for t in times]
+
+
+def _latency(times: list[float]) -> Latency:
     p95 = times[min(len(times) - 1, math.ceil(0.95 * len(times)) - 1)]
     return Latency(statistics.median(times), p95, statistics.fmean(times), len(times))
 

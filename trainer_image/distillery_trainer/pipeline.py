@@ -33,7 +33,7 @@ from distillery_trainer.nets import HFNet, Net
 from distillery_trainer.onnx_tools import (
     example_inputs,
     export_onnx,
-    measure_latency,
+    measure_latencies,
     onnx_outputs,
     providers_for,
     quantize_int8,
@@ -236,16 +236,18 @@ def _run_stages(job, store, progress, fingerprint, whole_hash, started, device, 
     int8_path = quantize_int8(student_onnx, staging / "model.int8.onnx") if spec.export.int8 else None
 
     progress.stage("benchmarking", f"onnxruntime on {hardware.value}, batch {spec.benchmark.batch_size}")
-    lat_teacher = measure_latency(teacher_onnx, example, spec.benchmark, hardware)
+    # Teacher, student (and int8) measured in turns, so the speedup is a ratio from one spell.
+    latencies = measure_latencies([teacher_onnx, student_onnx, *([int8_path] if int8_path else [])],
+                                  example, spec.benchmark, hardware)
+    lat_teacher, lat_student = latencies[:2]
     progress.fraction(0.4)
-    lat_student = measure_latency(student_onnx, example, spec.benchmark, hardware)
     teacher_m = metrics(q_teacher, lat_teacher, teacher_params, teacher_onnx.stat().st_size, teacher_layers)
     student_m = metrics(q_student, lat_student, student.parameter_count(), student_onnx.stat().st_size,
                         student.num_layers())
     int8_m = None
     if int8_path is not None:
         progress.fraction(0.7)
-        lat_int8 = measure_latency(int8_path, example, spec.benchmark, hardware)
+        lat_int8 = latencies[2]
         int8_eval = onnx_outputs(int8_path, eval_data.batches(EVAL_BATCH), hardware)
         int8_out = TeacherOutputs(None if task == Task.SENTENCE_EMBEDDING else int8_eval,
                                   int8_eval if task == Task.SENTENCE_EMBEDDING else None)

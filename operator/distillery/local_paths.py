@@ -25,6 +25,7 @@ def resolve_local_uris(job: DistillationJob, base: Path) -> DistillationJob:
     spec.dataset.train_uri = _resolve(spec.dataset.train_uri, base)
     spec.dataset.eval_uri = _resolve(spec.dataset.eval_uri, base)
     spec.output.uri = _resolve(spec.output.uri, base)
+    spec.output.cache_uri = _resolve(spec.output.cache_uri, base)
     if spec.student.base is not None:
         spec.student.base.uri = _resolve(spec.student.base.uri, base)
     return job.model_copy(update={"spec": spec})

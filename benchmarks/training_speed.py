@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -450,7 +452,8 @@ def run_variant(variant: str, config: Config, student_dir: Path, work: Path, pro
     if profile_path is not None:
         cmd += ["--profile-out", str(profile_path)]
     bc.log(f"running {variant} in a fresh process")
-    subprocess.run(cmd, check=True)
+    # The child's temporary stores (checkpoints: ~200 MB a run) go under `work`, removed at the end.
+    subprocess.run(cmd, check=True, env={**os.environ, "TMPDIR": str(work)})
     return json.loads(out.read_text())
 
 
@@ -563,6 +566,13 @@ def main(argv=None) -> int:
     print(json.dumps({"machine": info}, indent=2), flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="distillery-bench-speed-"))
+    try:
+        return measure_and_write(args, config, name, info, work, t_start)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure_and_write(args, config: Config, name: str, info: dict, work: Path, t_start: float) -> int:
     student_dir = prepare_student(config, work / "student")
     profile_name = None if args.no_profile else f"{name}-profile.txt"
     runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}

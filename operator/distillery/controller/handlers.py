@@ -82,24 +82,24 @@ async def trainer_jobs(body, namespace, name, **_):
     return {(namespace, name): watched_view(body)}
 
 
-def entries(index, key) -> list[dict]:
-    """A copy of one key's values. kopf changes its indexes in the event loop while handlers and
-    the frontier thread read them, so an iteration that raced a change is simply retried."""
+def _copied(read):
+    """read() retried until it completes. kopf changes its indexes in the event loop while
+    handlers and the frontier thread read them, so an iteration that raced a change is redone."""
     for _ in range(100):
         try:
-            return list(index.get(key, ()))
+            return read()
         except RuntimeError:  # "changed size during iteration"
             continue
-    return list(index.get(key, ()))
+    return read()
+
+
+def entries(index, key) -> list[dict]:
+    """A copy of one key's values."""
+    return _copied(lambda: list(index.get(key, ())))
 
 
 def keys(index) -> list:
-    for _ in range(100):
-        try:
-            return list(index)
-        except RuntimeError:  # as in entries()
-            continue
-    return list(index)
+    return _copied(lambda: list(index))
 
 
 # ----------------------------------------------------------------------------- helpers

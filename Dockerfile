@@ -5,10 +5,20 @@
 #   docker build -t ghcr.io/distillery/operator:0.1.0 .
 #
 # The base is pinned by tag and digest (the multi-platform index of python:3.12.12-slim-bookworm).
+#
+# Offline builds (no package index reachable from the build): serve a directory of wheels over
+# HTTP and pass --network host --build-arg PIP_FIND_LINKS=http://127.0.0.1:PORT/
+# --build-arg PIP_NO_INDEX=1 (scripts/build-images.sh does that, and swaps the base with
+# --build-arg PYTHON_IMAGE=...). As nothing is downloaded over TLS then, the build needs no CA
+# bundle either. Both arguments are declared in the build stage only, so the runtime image
+# carries nothing of them; left unset, pip uses PyPI.
 ARG PYTHON_IMAGE=python:3.12.12-slim-bookworm@sha256:593bd06efe90efa80dc4eee3948be7c0fde4134606dd40d8dd8dbcade98e669c
 
 # ---------------------------------------------------------------------------------- build
 FROM ${PYTHON_IMAGE} AS build
+# Offline builds only (see above); no defaults, so unset means PyPI.
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes control plane the integration tests run against -- etcd,
-# kube-apiserver, kube-controller-manager, kubectl -- plus helm, from the pinned Go wrapper
-# modules under tools/{etcd,k8s,helm}/ with the plain `go` client, and caches the binaries
+# kube-apiserver, kube-controller-manager, kubectl -- plus helm, and the real node's parts --
+# kube-scheduler, kubelet, kube-proxy, CoreDNS -- from the pinned Go wrapper modules under
+# tools/{etcd,k8s,helm,coredns}/ with the plain `go` client, and caches the binaries
 # outside the repo (same layout as scripts/setup-test-tools.sh):
 #
 #   ${DISTILLERY_TOOLS_DIR:-$HOME/.cache/distillery/tools}/<tool>-<version>/bin/<tool>
@@ -9,18 +10,23 @@
 # A binary already in the cache is not rebuilt, so a warm run is instant. The resolved paths
 # are written to ${DISTILLERY_TOOLS_DIR}/control-plane.env as KEY=VALUE lines
 # (DISTILLERY_ETCD_BIN, DISTILLERY_KUBE_APISERVER_BIN, DISTILLERY_KUBE_CONTROLLER_MANAGER_BIN,
-# DISTILLERY_KUBECTL_BIN, DISTILLERY_HELM_BIN); `set -a; . control-plane.env` loads them.
+# DISTILLERY_KUBECTL_BIN, DISTILLERY_HELM_BIN, DISTILLERY_KUBE_SCHEDULER_BIN,
+# DISTILLERY_KUBELET_BIN, DISTILLERY_KUBE_PROXY_BIN, DISTILLERY_COREDNS_BIN);
+# `set -a; . control-plane.env` loads them.
 #
-# Usage: scripts/build-control-plane.sh [tool...]   (default: all five)
-# A cold build takes 10-30 minutes on 2 cores (about 2 GiB RSS); builds run under
-# `nice -n 19` with `go build -p 1` so they do not starve the rest of the machine.
+# Usage: scripts/build-control-plane.sh [tool...]   (default: all nine)
+# A cold build takes 20-50 minutes on 2 cores (about 2 GiB RSS per compile); builds run under
+# `nice -n 19` with Go's default parallelism (one package per core: nothing else runs while the
+# README's test command builds); GO_BUILD_JOBS=1 builds one package at a time instead.
 # Any failure exits non-zero with the reason.
 set -euo pipefail
 
 # shellcheck source=lib/go-tools.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/go-tools.sh"
+: "${GO_BUILD_JOBS=}"  # empty: go build's default -p
 ENV_FILE="$TOOLS_DIR/control-plane.env"
-ALL_TOOLS=(etcd kube-apiserver kube-controller-manager kubectl helm)
+# The node's tools come last, so the control plane the other tests need is ready first.
+ALL_TOOLS=(etcd kube-apiserver kube-controller-manager kubectl helm kube-scheduler kubelet kube-proxy coredns)
 
 log() { echo "[build-control-plane] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -28,9 +34,11 @@ die() { log "ERROR: $*"; exit 1; }
 K8S_VERSION="$(pinned_version tools/k8s k8s.io/kubernetes)"
 ETCD_VERSION="$(pinned_version tools/etcd go.etcd.io/etcd/server/v3)"
 HELM_VERSION="$(pinned_version tools/helm helm.sh/helm/v3)"
+COREDNS_VERSION="$(pinned_version tools/coredns github.com/coredns/coredns)"
 [[ -n "$K8S_VERSION" ]] || die "tools/k8s/go.mod does not require k8s.io/kubernetes"
 [[ -n "$ETCD_VERSION" ]] || die "tools/etcd/go.mod does not require go.etcd.io/etcd/server/v3"
 [[ -n "$HELM_VERSION" ]] || die "tools/helm/go.mod does not require helm.sh/helm/v3"
+[[ -n "$COREDNS_VERSION" ]] || die "tools/coredns/go.mod does not require github.com/coredns/coredns"
 
 # v1.34.4 -> major 1, minor 34; the staging modules must all be replaced with v0.34.4.
 IFS=. read -r K8S_MAJOR K8S_MINOR _ <<<"${K8S_VERSION#v}"
@@ -64,11 +72,13 @@ helm_ldflags() {
 tool_spec() { # <tool>
     case "$1" in
     etcd) SPEC=(tools/etcd "$ETCD_VERSION" . "" "" DISTILLERY_ETCD_BIN) ;;
-    kube-apiserver | kube-controller-manager | kubectl)
+    kube-apiserver | kube-controller-manager | kubectl | kube-scheduler | kubelet | kube-proxy)
         local var="DISTILLERY_$(tr 'a-z-' 'A-Z_' <<<"$1")_BIN"
         SPEC=(tools/k8s "$K8S_VERSION" "k8s.io/kubernetes/cmd/$1" "selinux,notest,grpcnotrace" "$(k8s_ldflags)" "$var")
         ;;
     helm) SPEC=(tools/helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "" "$(helm_ldflags)" DISTILLERY_HELM_BIN) ;;
+    # CoreDNS's version is a constant in its source; GitCommit names the release we pinned.
+    coredns) SPEC=(tools/coredns "$COREDNS_VERSION" . "" "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" DISTILLERY_COREDNS_BIN) ;;
     *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]})" ;;
     esac
 }

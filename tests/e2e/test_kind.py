@@ -1,9 +1,9 @@
-"""End-to-end on kind: tests/e2e/kind/run.sh, where Docker and kind exist.
+"""The end-to-end scenario on kind: tests/e2e/kind/run.sh, where Docker and kind exist.
 
-The harness builds both images, loads them into a kind cluster, installs MinIO and the chart,
-distills the digits MLP in the cluster and checks the verdict, the StudentModel, the artifacts
-in the bucket and that re-applying the manifest shows no drift (see tests/e2e/kind/README.md).
-Machines without a Docker daemon or kind (like the CI machine of this project) skip it.
+The harness creates a kind cluster, builds both images from the project's Dockerfiles, loads them
+into kind and runs tests/e2e/test_scenario.py against it: the same scenario the README's test
+command runs on the real single-node cluster (see tests/e2e/kind/README.md). Machines without a
+Docker daemon or kind skip it.
 """
 
 from __future__ import annotations
@@ -60,19 +60,11 @@ def test_digits_job_end_to_end_on_kind():
 
 
 def test_harness_files_are_consistent():
-    """Runs everywhere: the harness is valid shell and its manifests parse and fit together."""
-    import yaml
-
+    """Runs everywhere: the script parses, runs the shared scenario, and pins the MinIO image."""
     assert subprocess.run(["bash", "-n", str(HERE / "run.sh")]).returncode == 0
-    minio = list(yaml.safe_load_all((HERE / "minio.yaml").read_text()))
-    image = next(d for d in minio if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
-    assert "@sha256:" in image and ":latest" not in image
-    job = yaml.safe_load((HERE / "digits-job.yaml").read_text())
-    from distillery.api.job import DistillationJob
-
-    parsed = DistillationJob.model_validate({**job, "metadata": {**job["metadata"], "namespace": "e2e"}})
-    assert parsed.spec.output.uri.startswith("s3://distillery/")
-    assert parsed.spec.output.endpoint is None and parsed.spec.output.credentials_secret is None  # chart defaults
     text = (HERE / "run.sh").read_text()
-    assert "store.credentialsSecret=store-creds" in text and "store.endpoint=http://minio.minio.svc:9000" in text
-    assert "--for=condition=Succeeded" in text
+    assert "tests/e2e/test_scenario.py" in text and "DISTILLERY_E2E_KUBECONFIG" in text
+    for name in ("OPERATOR", "TRAINER", "MINIO"):
+        assert f"DISTILLERY_E2E_IMAGE_{name}=" in text
+    [minio] = [line for line in (HERE / "minio-image.txt").read_text().splitlines() if not line.startswith("#")]
+    assert "@sha256:" in minio and ":latest" not in minio

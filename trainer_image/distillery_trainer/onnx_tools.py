@@ -35,8 +35,24 @@ def providers_for(hardware: Hardware) -> list[str]:
                 "targets.hardware is cuda but onnxruntime has no CUDAExecutionProvider here "
                 "(install onnxruntime-gpu on a machine with a GPU, or use hardware: cpu)"
             )
+        # onnxruntime-gpu finds the CUDA libraries of the nvidia-* wheels (cuRAND among them, which
+        # torch does not load) only when asked; without them its CUDA provider silently falls back.
+        if hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def require_provider(sess, providers: list[str], what: str):
+    """onnxruntime only logs a line when the requested provider fails to load and runs on the next
+    one; a latency labelled cuda must not be a CPU figure, so the session's own providers decide."""
+    used = sess.get_providers()
+    if used and providers and used[0] != providers[0]:
+        raise InputError(
+            f"targets.hardware asks for {providers[0]} but onnxruntime gave {what} {used[0]} "
+            "(its CUDA provider did not load: check the NVIDIA driver and the CUDA libraries)"
+        )
+    return sess
 
 
 def example_inputs(net: Net, batch_size: int, seq_len: int, feature_shape: tuple[int, ...]) -> tuple:
@@ -89,7 +105,9 @@ def session(path: Path, hardware: Hardware, threads: int | None):
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers_for(hardware))
+    providers = providers_for(hardware)
+    sess = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    return require_provider(sess, providers, f"the session for {path.name}")
 
 
 def feed_for(sess, example: tuple) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ from distillery_trainer.builtin import load_builtin
 from distillery_trainer.encode import Encoded
 from distillery_trainer.errors import InputError
 from distillery_trainer.nets import BuiltinWrapper, HFNet, Net
+from distillery_trainer.onnx_tools import require_provider
 
 TEXT_TASKS = (Task.SEQUENCE_CLASSIFICATION, Task.SENTENCE_EMBEDDING)
 
@@ -86,6 +87,7 @@ class OnnxTeacher:
             self.session = ort.InferenceSession(str(path), providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types
             raise InputError(f"teacher.uri: {path} is not a loadable ONNX model: {err}") from None
+        require_provider(self.session, providers, "the ONNX teacher")
         self.path = path
         self.task = task
         self.input_names = [i.name for i in self.session.get_inputs()]

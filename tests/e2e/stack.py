@@ -126,7 +126,7 @@ def port_forward(cluster: E2ECluster, namespace: str, target: str, port: int) ->
     with log.open("w") as out:
         proc = subprocess.Popen(
             [*cluster.base_args(cluster.kubectl_bin), "port-forward", "-n", namespace, target,
-             f"127.0.0.1:0:{port}"],  # a free local port, printed by kubectl
+             f":{port}", "--address", "127.0.0.1"],  # a free local port, printed by kubectl
             stdout=out, stderr=subprocess.STDOUT, text=True)
     try:
         def local_port() -> int | None:

@@ -41,12 +41,22 @@ import_one() { # <ref> <docker image id>
     docker image inspect "$ref" >/dev/null 2>&1 || die "$ref is not in docker (rerun scripts/build-images.sh)"
     [[ "$(docker image inspect -f '{{.Id}}' "$ref")" == "$id" ]] \
         || die "$ref in docker is not the image $IMAGES_ENV names ($id); rerun scripts/build-images.sh"
-    # docker save writes a docker-archive; ctr imports it under the same name and unpacks it
-    # into the default snapshotter (overlayfs), the one the CRI plugin runs containers from.
-    if ! out="$(set -o pipefail; docker save "$ref" | ctr_ images import - 2>&1)"; then
+    # docker save writes a docker-archive; ctr imports it and unpacks it into the default
+    # snapshotter (overlayfs), the one the CRI plugin runs containers from. It goes in under a
+    # staging name first: replacing REF at once would leave the layers it shares with the old
+    # image (the trainer's 6 GB of dependencies) unreferenced while they are reused, and
+    # containerd's garbage collector removes them mid-unpack ("parent snapshot ... does not exist").
+    local staging="${ref%:*}:import-${id#sha256:}"
+    docker tag "$ref" "$staging" || die "cannot tag $ref as $staging in docker"
+    if ! out="$(set -o pipefail; docker save "$staging" | ctr_ images import - 2>&1)"; then
+        docker rmi "$staging" >/dev/null 2>&1 || true
+        ctr_ images rm "$staging" >/dev/null 2>&1 || true
         die "importing $ref into $SOCKET: $out"
     fi
-    ctr_ images ls -q "name==$ref" | grep -qx "$ref" || die "$ref is not in containerd after the import: $out"
+    docker rmi "$staging" >/dev/null || die "cannot remove the staging tag $staging from docker"
+    ctr_ images ls -q "name==$staging" | grep -qx "$staging" || die "$staging is not in containerd after the import: $out"
+    ctr_ images tag --force "$staging" "$ref" >/dev/null || die "cannot tag $staging as $ref in containerd"
+    ctr_ images rm "$staging" >/dev/null || die "cannot remove the staging name $staging from containerd"
     ctr_ images label "$ref" "$LABEL=$id" >/dev/null || die "cannot label $ref in containerd"
     log "$ref: imported in $(($(date +%s) - start))s"
 }

@@ -32,7 +32,9 @@ def test_student_beats_an_untrained_student_of_the_same_shape(distilled):
     trained, untrained, _ = distilled
     assert trained.layers_kept == untrained.layers_kept
     assert len(trained.layers_kept) == 2
-    assert trained.student.accuracy > untrained.student.accuracy + 0.05
+    # Healing must remove a good share of the cut student's errors. (A fixed margin failed when the
+    # cut alone was already at 0.94: the teacher, and so the cut, vary with the torch thread count.)
+    assert 1 - trained.student.accuracy < 0.6 * (1 - untrained.student.accuracy), (trained.student, untrained.student)
     assert trained.student.accuracy > 0.85
     assert trained.student.agreement > 0.85
 

@@ -425,7 +425,7 @@ def test_restarts_mid_training_lose_nothing(stack: Stack, first_wave):
     # The retried trainer resumed from its checkpoint: its own record says from which step, and it
     # did not repeat the steps before it.
     training = stack.result("trainer-restart")["training"]
-    assert training["resumedFromStep"] and training["resumedFromStep"] >= 50, training
+    assert (training.get("resumedFromStep") or 0) >= 50, training
     assert training["resumedFromStep"] < training["steps"]
     [retried] = stack.trainer_pods("trainer-restart")  # the deleted pod is gone; the Job made this one
     assert retried["metadata"]["uid"] != trainer_pod["metadata"]["uid"]

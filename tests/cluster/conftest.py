@@ -41,15 +41,18 @@ NODE_GPUS = 1
 WAIT_S = 120  # generous: the CI machine has 2 busy cores
 
 
-def wait_for(check: Callable[[], Any], timeout: float = WAIT_S, interval: float = 0.5, what: str = "condition"):
-    """Calls ``check`` until it returns something truthy and returns that; fails after ``timeout``."""
+def wait_for(check: Callable[[], Any], timeout: float = WAIT_S, interval: float = 0.5, what: str = "condition",
+             on_timeout: Callable[[], str] = lambda: ""):
+    """Calls ``check`` until it returns something truthy and returns that; fails after ``timeout``
+    (with what ``on_timeout`` returns, e.g. the logs that explain it)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            details = on_timeout()
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f"\n{details}" if details else ""))
         time.sleep(interval)
 
 
@@ -192,19 +195,24 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"rep_{report.when}", report)
 
 
-def _namespace_name(test_name: str) -> str:
+def namespace_name(test_name: str) -> str:
+    """A unique, valid namespace name that says which test made it."""
     base = re.sub(r"[^a-z0-9]+", "-", test_name.lower().removeprefix("test_")).strip("-")[:40].strip("-")
     return f"{base or 'test'}-{secrets.token_hex(3)}"
+
+
+def restricted_namespace(name: str) -> dict:
+    """A Namespace where Pod Security "restricted" is enforced (and warned and audited)."""
+    labels = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")}
+    labels["pod-security.kubernetes.io/enforce-version"] = "latest"
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
 
 
 @pytest.fixture
 def namespace(control_plane: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace (Pod Security restricted enforced), deleted after the test."""
-    name = _namespace_name(request.node.name)
-    labels = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")}
-    labels["pod-security.kubernetes.io/enforce-version"] = "latest"
-    control_plane.kubectl("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Namespace",
-                                                            "metadata": {"name": name, "labels": labels}}))
+    name = namespace_name(request.node.name)
+    control_plane.kubectl("create", "-f", "-", input=json.dumps(restricted_namespace(name)))
     # pods are refused until the serviceaccount controller has made `default`
     wait_for(lambda: control_plane.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
              what=f"the default ServiceAccount in {name}")

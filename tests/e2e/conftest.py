@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -25,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import KubectlError, wait_for
+from tests.cluster import conftest as cluster_conftest
+from tests.cluster.conftest import KubectlError, namespace_name, restricted_namespace, wait_for
 from tests.cluster.node import (
     NODE_NAME,
     NodeError,
@@ -157,25 +156,15 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealClust
         print("\nreal node timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in cluster.timings.items()))
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    setattr(item, f"rep_{report.when}", report)
-
-
-def _namespace_name(test_name: str) -> str:
-    base = re.sub(r"[^a-z0-9]+", "-", test_name.lower().removeprefix("test_")).strip("-")[:40].strip("-")
-    return f"{base or 'test'}-{secrets.token_hex(3)}"
+# The report hook that lets teardowns see a failed test (rep_setup/rep_call), shared with tests/cluster.
+pytest_runtest_makereport = cluster_conftest.pytest_runtest_makereport
 
 
 @pytest.fixture
 def real_namespace(real_cluster: RealClusterHandle, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace (Pod Security restricted enforced), deleted after the test."""
-    name = _namespace_name(request.node.name)
-    labels = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")}
-    labels["pod-security.kubernetes.io/enforce-version"] = "latest"
-    real_cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+    name = namespace_name(request.node.name)
+    real_cluster.apply(restricted_namespace(name))
     # pods are refused until the serviceaccount controller has made `default`
     wait_for(lambda: real_cluster.get("serviceaccount", "default", name), what=f"the default ServiceAccount in {name}")
     try:

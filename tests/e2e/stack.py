@@ -14,11 +14,13 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.cluster.conftest import restricted_namespace  # noqa: F401 - the scenario's namespaces
+from tests.cluster.conftest import wait_for as cluster_wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 MINIO_MANIFEST = REPO / "examples" / "local-cluster" / "minio.yaml"
@@ -95,21 +97,8 @@ class E2ECluster:
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str,
              on_timeout: Callable[[], str] = lambda: "", interval: float = 1.0) -> Any:
-    """Calls ``check`` until it returns something truthy and returns that; fails after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{on_timeout()}")
-        time.sleep(interval)
-
-
-def restricted_namespace(name: str) -> dict:
-    labels = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")}
-    labels["pod-security.kubernetes.io/enforce-version"] = "latest"
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+    """tests/cluster's wait_for, with the scenario's argument order and a 1 s poll."""
+    return cluster_wait_for(check, timeout=timeout, interval=interval, what=what, on_timeout=on_timeout)
 
 
 def minio_manifest(image: str) -> str:

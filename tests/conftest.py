@@ -102,13 +102,18 @@ class MinioServer:
         return name
 
 
-def _start_minio(binary: Path, data_dir: Path) -> tuple[subprocess.Popen, MinioServer, Path]:
-    port, console_port = _free_port(), _free_port()
-    server = MinioServer(
-        endpoint=f"http://127.0.0.1:{port}",
-        access_key=f"test-{secrets.token_hex(4)}",
-        secret_key=secrets.token_urlsafe(24),
-    )
+def _start_minio(binary: Path, data_dir: Path, server: MinioServer | None = None,
+                 console_port: int | None = None) -> tuple[subprocess.Popen, MinioServer, Path]:
+    """Starts MinIO on data_dir: a new server on free ports, or `server` again (same port and
+    credentials, e.g. after it was stopped)."""
+    if server is None:
+        server = MinioServer(
+            endpoint=f"http://127.0.0.1:{_free_port()}",
+            access_key=f"test-{secrets.token_hex(4)}",
+            secret_key=secrets.token_urlsafe(24),
+        )
+    port = server.endpoint.rsplit(":", 1)[1]
+    console_port = console_port or _free_port()
     env = {
         **os.environ,
         "MINIO_ROOT_USER": server.access_key,
@@ -117,7 +122,7 @@ def _start_minio(binary: Path, data_dir: Path) -> tuple[subprocess.Popen, MinioS
         "MINIO_CI_CD": "1",  # relax checks meant for production drives
     }
     log_path = data_dir.parent / f"{data_dir.name}.log"
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         proc = subprocess.Popen(
             [
                 str(binary), "server", str(data_dir), "--quiet",
@@ -195,3 +200,26 @@ def s3_env(minio: MinioServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
 # ------------------------------------------------------------------------------------------
 
 from tests.digits import digits_workspace  # noqa: E402, F401 - a session fixture for trainer and cluster tests
+
+# ------------------------------------------------------------------------------------------
+# A restartable control plane for the fault figures (tests/faults) and the schema fuzz
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def fault_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A control plane with the CRDs and the test node agent whose kube-apiserver a test may
+    restart (tests/faults/cluster.py); skips like tests/cluster's when the binaries are missing."""
+    from tests.faults.cluster import start_fault_cluster
+
+    yield from start_fault_cluster(tmp_path_factory.mktemp("fault-control-plane"))
+
+
+@pytest.fixture
+def fault_namespace(fault_cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh restricted namespace on the fault cluster, deleted after the test."""
+    from tests.faults.cluster import delete_namespace, make_namespace
+
+    name = make_namespace(fault_cluster.cluster, request.node.name)
+    yield name
+    delete_namespace(fault_cluster.cluster, name)

@@ -28,6 +28,20 @@ RECORDED = Path(__file__).resolve().with_name("recorded-result.json")
 RECORDED_OUT = "file:///RECORDED/out"
 
 
+def rescore(result: dict, job) -> None:
+    """The derived scores and verdict of changed metrics, as the trainer computes them (the
+    operator checks that they follow from the measured numbers)."""
+    from distillery.verdict import Measured, decide
+
+    t, s = result["teacher"], result["student"]
+    scores, verdict = decide(job.spec.targets,
+                             Measured(t["accuracy"], t["latencyP50Ms"], t["sizeBytes"], t["parameters"]),
+                             Measured(s["accuracy"], s["latencyP50Ms"], s["sizeBytes"], s["parameters"]))
+    result.update(speedup=round(scores.speedup, 4), accuracyRetention=round(scores.accuracy_retention, 6),
+                  compressionRatio=round(scores.compression_ratio, 4), paretoScore=round(scores.pareto_score, 6),
+                  decision={"accepted": verdict.accepted, "reasons": verdict.reasons})
+
+
 def make_result(document: dict, recorded: dict, jitter: bool = False) -> tuple[str, dict]:
     """(the job's output URI, its result.json body)."""
     from distillery.api.job import DistillationJob
@@ -46,6 +60,7 @@ def make_result(document: dict, recorded: dict, jitter: bool = False) -> tuple[s
         student = result["student"]
         student["accuracy"] = round(student["accuracy"] - 0.02 * a, 6)
         student["latencyP50Ms"] = round(student["latencyP50Ms"] * (0.8 + 0.4 * b), 6)
+        rescore(result, job)
     return out, result
 
 
@@ -61,9 +76,10 @@ def main() -> int:
                                     "updated": result["completionTime"]})
     store.write_json(RESULT_KEY, result)  # last: its presence means the run is complete
     termination = os.environ.get("DISTILLERY_TERMINATION_LOG")
-    if termination:
-        Path(termination).write_text(json.dumps({"ok": True, "accepted": result["decision"]["accepted"],
-                                                 "result": result["artifacts"]["result"]}))
+    if termination:  # what the real trainer reports; the operator checks result.json against it
+        from distillery.api.result import TrainerResult
+
+        Path(termination).write_text(TrainerResult.model_validate(result).termination_message())
     print(f"fake trainer: {result['job']} -> {out}/{RESULT_KEY} (specHash {result['specHash']})", file=sys.stderr)
     return 0
 

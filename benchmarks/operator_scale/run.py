@@ -660,6 +660,15 @@ def run_one(n: int, *, poll_interval: float = 5.0, metrics: str = "recorded", ti
 # ----------------------------------------------------------------------------- report
 
 
+WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
+
+
+def writes_per_job(run: dict[str, Any]) -> float | None:
+    """The operator's API writes (create/update/patch/delete, any response) per job."""
+    by = run["requests"]["run"]["by_verb_resource"]
+    return round(sum(v for k, v in by.items() if k.split()[0] in WRITE_VERBS) / run["n"], 2) if run["n"] else None
+
+
 def fmt_requests(run: dict[str, Any], limit: int = 12) -> str:
     items = list(run["requests"]["run"]["per_job_by_verb_resource"].items())[:limit]
     return ", ".join(f"{k} {v:g}" for k, v in items)
@@ -692,8 +701,8 @@ def markdown(report: dict[str, Any]) -> str:
         " from t0 until the registry settled; watches are counted apart.",
         "",
         "| N | apply | all Jobs exist | all Jobs Complete | all final | jobs/s | operator requests/job (excl. watches) |"
-        " watches | operator peak RSS | operator CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        " of which writes | non-2xx | watches | operator peak RSS | operator CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["runs"]:
         req = r["requests"]["run"]
@@ -701,6 +710,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['n']} | {r['apply_s']:.1f} s | {r['time_to_all_jobs_s']:.1f} s | "
             f"{(r['time_to_all_jobs_complete_s'] or float('nan')):.1f} s | {r['time_to_all_final_s']:.1f} s"
             f"{' (TIMED OUT)' if r.get('timed_out') else ''} | {r['jobs_per_s']:.2f} | {req['non_watch_per_job']:g} | "
+            f"{writes_per_job(r):g} | {sum(req['non_2xx'].values())} | "
             f"{req['watch']} | {r['operator']['peak_rss_mib']:.0f} MiB | {r['operator']['cpu_s']:.1f} s |")
     lines += ["", "Operator requests per job by verb and resource (t0 until settled):", ""]
     for r in report["runs"]:

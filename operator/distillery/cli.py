@@ -26,7 +26,8 @@ def cmd_run(args) -> int:
     except ImportError as err:
         print(f"error: the trainer is not installed ({err}); pip install 'distillery[trainer]'", file=sys.stderr)
         return EXIT_ERROR
-    code, result = run_job(job, restart=args.restart, show_bar=None if not args.no_progress else False)
+    code, result = run_job(job, restart=args.restart, allow_nonempty_output=args.allow_nonempty_output,
+                           show_bar=None if not args.no_progress else False)
     if result is not None:
         print(json.dumps(result.to_wire(), indent=2) if args.json else table(result))
     return code
@@ -69,8 +70,14 @@ def cmd_operator(args) -> int:
         return EXIT_ERROR
     import os
 
+    from distillery.controller.settings import SettingsError
+
     namespaces = args.namespace or [n for n in os.environ.get("DISTILLERY_NAMESPACES", "").split(",") if n]
-    return run(namespaces, args.liveness, args.verbose)
+    try:
+        return run(namespaces, args.liveness, args.verbose)
+    except SettingsError as err:  # a malformed chart value: one line naming the variable, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
 
 
 def cmd_frontier(args) -> int:
@@ -104,6 +111,9 @@ def cmd_frontier(args) -> int:
             except (OSError, json.JSONDecodeError) as err:
                 print(f"error: {name}: {err}", file=sys.stderr)
                 return EXIT_INVALID
+            except (UnicodeDecodeError, RecursionError):
+                print(f"error: {name}: not a UTF-8 JSON document", file=sys.stderr)
+                return EXIT_INVALID
             except ValidationError as err:
                 print(f"error: {name}: not a TrainerResult: {describe_validation_error(err)}", file=sys.stderr)
                 return EXIT_INVALID
@@ -122,13 +132,42 @@ def cmd_frontier(args) -> int:
     return 0
 
 
+RUN_EPILOG = """\
+exit codes:
+  0    the student was accepted
+  3    the student was rejected by the targets
+  2    invalid input (spec, teacher, data, output folder): fix it, a rerun will fail the same way
+  1    any other failure, store or network trouble, SIGTERM: a rerun may succeed
+  130  interrupted with Ctrl-C (SIGINT)
+
+output folder:
+  Distillery writes only its own files and lists them in <output>/.distillery-output.json.
+  It refuses a non-empty folder it did not create (see --allow-nonempty-output), never
+  overwrites or deletes a file it did not write, and holds a lock on a local output folder
+  while it runs, so a second run on the same folder is refused.
+
+interrupting:
+  SIGTERM or Ctrl-C stops the run: progress.json says "interrupted", the temporary files
+  (downloaded teacher and data) are removed, and running the same command again resumes
+  from the last checkpoint.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillery", description="Distill teacher models into fast students.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a DistillationJob locally (exit 0 accepted, 3 rejected, 2 invalid, 1 error)")
+    run = sub.add_parser(
+        "run", help="run a DistillationJob locally (exit 0 accepted, 3 rejected, 2 invalid, 1 error)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=RUN_EPILOG)
     run.add_argument("job", help="DistillationJob YAML (the same file you would kubectl apply)")
-    run.add_argument("--restart", action="store_true", help="discard checkpoints and results, start over")
+    run.add_argument("--restart", action="store_true",
+                     help="discard this output's checkpoints, cached teacher outputs and result (only files "
+                          "Distillery wrote there) and start over")
+    run.add_argument("--allow-nonempty-output", action="store_true",
+                     help="write into an output folder that already holds files Distillery did not write "
+                          "(they are left alone; a file at a name Distillery writes is still refused)")
     run.add_argument("--json", action="store_true", help="print result.json instead of the table")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
@@ -164,7 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C outside a run (a run reports its own): one line, no traceback
+        print("error: interrupted (SIGINT)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

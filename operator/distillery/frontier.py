@@ -1,4 +1,7 @@
-"""Pareto frontier over students: lower latency, higher accuracy, smaller size are better."""
+"""Pareto frontier over students: lower latency, higher accuracy, smaller size are better.
+
+The one place the dominance rule lives: the registry's frontier statuses and the verdict's
+`mustImproveFrontier` check (through registry.candidate_dominators) both come here."""
 
 from __future__ import annotations
 
@@ -12,6 +15,13 @@ class Point:
     accuracy: float
     latency_ms: float
     size_bytes: int
+
+
+def point_from_metrics(name: str, metrics: Mapping) -> Point:
+    """A point from ModelMetrics as stored (camelCase); a missing number counts as the worst."""
+    return Point(name=name, accuracy=float(metrics.get("accuracy") or 0.0),
+                 latency_ms=float(metrics.get("latencyP50Ms") or float("inf")),
+                 size_bytes=int(metrics.get("sizeBytes") or 0))
 
 
 def dominates(a: Point, b: Point) -> bool:

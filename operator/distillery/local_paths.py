@@ -1,5 +1,5 @@
 """Relative local paths in a job file are resolved against the file's folder, so
-`distillery run path/to/job.yaml` works from any working directory."""
+`distillery run path/to/job.yaml` works from any working directory; `~` is the user's home."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ def _resolve(uri: str | None, base: Path) -> str | None:
     if uri is None or "://" in uri and not uri.startswith("file://"):
         return uri
     path = uri.removeprefix("file://")
+    if path.startswith("~"):  # ~/x and ~user/x are the user's home, as in a shell
+        return "file://" + str(Path(path).expanduser().resolve())
     if path.startswith("/"):
         return uri
     return "file://" + str((base / path).resolve())

@@ -16,6 +16,11 @@ Prefix operations (:meth:`Store.list_keys`, :meth:`Store.delete_prefix`,
 
 Writes are atomic: a reader sees the old object or the new one, never a partial one.
 
+Every S3 call has connect and read timeouts and a bounded number of attempts (see
+:func:`open_store`): an endpoint that accepts connections and never answers costs at most
+about ``(connect_timeout + read_timeout) * max_attempts``, and an endpoint that is down for a
+while is waited for by retrying whole transfers with a growing pause.
+
 This module must not import torch: the operator uses it.
 """
 
@@ -28,6 +33,8 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -280,6 +287,14 @@ class FileStore(Store):
 # S3 and S3-compatible endpoints
 # ------------------------------------------------------------------------------------------
 
+# Defaults suit the trainer, which may wait for its store; the operator passes shorter ones.
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_READ_TIMEOUT_S = 60.0
+DEFAULT_MAX_ATTEMPTS = 5
+# Pauses before the 2nd, 3rd, ... whole-transfer attempt: with 5 attempts a store that is down
+# for up to about a minute (a restart, a failover) is waited for.
+TRANSFER_BACKOFF_S = (4.0, 8.0, 16.0, 30.0)
+
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _DENIED = {
     "AccessDenied",
@@ -303,12 +318,75 @@ def _error_message(err: BaseException | None) -> str:
     return str(response.get("Error", {}).get("Message", ""))
 
 
+def _http_status(err: BaseException | None) -> int:
+    response = getattr(err, "response", None) or {}
+    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The botocore error behind boto3's transfer wrappers (which chain or carry it)."""
+    last = getattr(err, "last_exception", None)  # boto3/s3transfer RetriesExceededError
+    if isinstance(last, BaseException):
+        return last
+    if type(err).__name__ == "S3UploadFailedError" and err.__context__ is not None:
+        return err.__context__
+    return err
+
+
+def _host_of(endpoint_url: str | None) -> str:
+    """host[:port] of an endpoint URL: no scheme, path or user-info (which could hold a secret)."""
+    parts = urlsplit(endpoint_url or "")
+    host = parts.hostname or "AWS"
+    return f"{host}:{parts.port}" if parts.port else host
+
+
+def _connection_trouble(err: BaseException) -> str | None:
+    """A few words for a network-level failure (endpoint down, hanging, cut off), else None."""
+    from botocore.exceptions import (
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+        ResponseStreamingError,
+    )
+
+    if isinstance(err, ConnectTimeoutError):
+        return "connect timed out"
+    if isinstance(err, ReadTimeoutError):
+        return "no answer within the read timeout"
+    if isinstance(err, EndpointConnectionError):
+        return "connection failed"
+    if isinstance(err, ConnectionClosedError | ResponseStreamingError):
+        return "connection closed"
+    return None
+
+
+def _worth_retrying_whole(err: BaseException) -> bool:
+    """Whether a failed transfer is worth starting again: the endpoint was down or cut the
+    connection, or answered 5xx. Not timeouts: a hanging endpoint has already cost
+    read_timeout * attempts, and must not cost that again."""
+    from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
+
+    cause = _root_cause(err)
+    if isinstance(cause, ConnectTimeoutError | ReadTimeoutError):
+        return False
+    if _connection_trouble(cause) is not None:
+        return True
+    return _http_status(cause) >= 500 or _error_code(cause) in {"SlowDown", "RequestTimeout"}
+
+
 class S3Store(Store):
     """A store under s3://bucket/prefix.
 
     Credentials come from the standard AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
     AWS_SESSION_TOKEN, or any other source boto3 knows). The endpoint is the argument, else
     boto3's own AWS_ENDPOINT_URL; path-style addressing so MinIO works without DNS tricks.
+
+    Each request gets ``connect_timeout``/``read_timeout`` seconds per try and at most
+    ``max_attempts`` tries (botocore's standard retry mode). Large transfers are multipart; a
+    transfer that still fails because the endpoint is down is started again as a whole, up to
+    ``max_attempts`` times with the pauses in TRANSFER_BACKOFF_S. S3 makes a multipart object
+    visible only when it is completed, so the key holds the old object or the whole new one.
     """
 
     def __init__(
@@ -319,15 +397,21 @@ class S3Store(Store):
         endpoint: str | None = None,
         region: str | None = None,
         credentials: dict[str, str] | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+        read_timeout: float = DEFAULT_READ_TIMEOUT_S,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ):
         import boto3  # only S3 users pay for importing boto3
         from botocore.config import Config
 
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
         self.bucket = bucket
         self.root_uri = f"s3://{bucket}"
         self.prefix = _clean_key(prefix, self.root_uri, allow_empty=True)
         self.root_uri = _under(self.root_uri, self.prefix)
         self.endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL") or None
+        self.max_attempts = max_attempts
         region = (
             region
             or os.environ.get("AWS_REGION")
@@ -344,8 +428,18 @@ class S3Store(Store):
             region_name=region,
             config=Config(
                 s3={"addressing_style": "path"},
-                retries={"max_attempts": 5, "mode": "standard"},
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                # total_max_attempts counts the first try (retries.max_attempts would not).
+                retries={"total_max_attempts": max_attempts, "mode": "standard"},
             ),
+        )
+        self.host = _host_of(self._client.meta.endpoint_url)
+        # Multipart uploads started per key, so a retry can abort the ones a failed try left.
+        self._started_uploads: dict[str, set[str]] = {}
+        self._uploads_lock = threading.Lock()
+        self._client.meta.events.register(
+            "after-call.s3.CreateMultipartUpload", self._remember_upload
         )
 
     def _key(self, key: str, *, allow_empty: bool = False) -> str:
@@ -353,46 +447,97 @@ class S3Store(Store):
 
     @contextlib.contextmanager
     def _errors(self, uri: str) -> Iterator[None]:
-        """Turns boto errors into StoreErrors naming the URI (and never the credentials)."""
-        from boto3.exceptions import S3UploadFailedError
-        from botocore.exceptions import (
-            BotoCoreError,
-            ClientError,
-            EndpointConnectionError,
-            NoCredentialsError,
-        )
+        """Turns boto errors into one-line StoreErrors naming the endpoint host and the URI (and
+        never the credentials)."""
+        from boto3.exceptions import RetriesExceededError, S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             yield
         except StoreError:
             raise
-        except (ClientError, S3UploadFailedError) as e:
-            # boto3's managed upload wraps the ClientError it got; look through it.
-            err = e if isinstance(e, ClientError) else e.__context__
+        except (ClientError, S3UploadFailedError, RetriesExceededError, BotoCoreError) as e:
+            raise self._store_error(_root_cause(e), e, uri) from None
+        # `from None` above: boto's chained exceptions carry request details we don't want in logs.
+
+    def _store_error(self, err: BaseException, outer: BaseException, uri: str) -> StoreError:
+        from botocore.exceptions import ClientError, NoCredentialsError
+
+        trouble = _connection_trouble(err)
+        if trouble is not None:
+            return StoreError(
+                f"cannot reach the S3 endpoint {self.host} for {uri}: {trouble} "
+                f"({self.max_attempts} attempt{'s' if self.max_attempts > 1 else ''})"
+            )
+        if isinstance(err, NoCredentialsError):
+            return StoreError(
+                f"no S3 credentials for {uri}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+            )
+        if isinstance(err, ClientError):
             code = _error_code(err)
             if code in _NOT_FOUND:
-                raise StoreError(f"not found: {uri}") from None
+                return StoreError(f"not found: {uri}")
             if code == "NoSuchBucket":
-                raise StoreError(f"no such bucket: s3://{self.bucket} (for {uri})") from None
+                return StoreError(f"no such bucket: s3://{self.bucket} (for {uri})")
             if code in _DENIED:
-                raise StoreError(
+                return StoreError(
                     f"access denied to {uri}: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
-                ) from None
-            detail = _error_message(err)
-            raise StoreError(
-                f"S3 error on {uri}: {code or type(e).__name__}" + (f": {detail}" if detail else "")
-            ) from None
-        except NoCredentialsError:
-            raise StoreError(
-                f"no S3 credentials for {uri}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
-            ) from None
-        except EndpointConnectionError:
-            raise StoreError(
-                f"cannot reach the S3 endpoint {self.endpoint or 'AWS'} for {uri}"
-            ) from None
-        except BotoCoreError as e:
-            raise StoreError(f"S3 error on {uri}: {type(e).__name__}") from None
-        # `from None` above: boto's chained exceptions carry request details we don't want in logs.
+                )
+            detail = " ".join(_error_message(err).split())  # one line
+            return StoreError(f"S3 error on {uri}: {code or 'unknown'}" + (f": {detail}" if detail else ""))
+        return StoreError(f"S3 error on {uri} at {self.host}: {type(outer).__name__}")
+
+    # --- whole-transfer retries -------------------------------------------------------------
+    def _remember_upload(self, parsed: dict | None = None, **_: Any) -> None:
+        upload_id, key = (parsed or {}).get("UploadId"), (parsed or {}).get("Key")
+        if upload_id and key:
+            with self._uploads_lock:
+                self._started_uploads.setdefault(key, set()).add(upload_id)
+
+    def _uploads_of(self, full_key: str) -> set[str]:
+        with self._uploads_lock:
+            return set(self._started_uploads.get(full_key, ()))
+
+    def _abort_uploads(self, full_key: str, upload_ids: set[str]) -> None:
+        """Best effort: aborts multipart uploads a failed try of ours left (boto3 aborts them
+        itself unless the endpoint was down at the time), so no parts linger; an id whose abort
+        fails on the network is kept for the next try."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        for upload_id in sorted(upload_ids):
+            try:
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=full_key, UploadId=upload_id)
+            except ClientError:
+                pass  # NoSuchUpload: boto3 already aborted it
+            except BotoCoreError:
+                continue  # still unreachable: try again later
+            with self._uploads_lock:
+                self._started_uploads.get(full_key, set()).discard(upload_id)
+
+    def _transfer(self, uri: str, run: Callable[[], None], full_key: str | None = None) -> None:
+        """Runs a managed transfer; starts it again as a whole while the endpoint is down."""
+        from boto3.exceptions import RetriesExceededError, S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = full_key or ""
+        try:
+            for attempt in range(1, self.max_attempts + 1):
+                before = self._uploads_of(key)
+                try:
+                    run()
+                except (ClientError, S3UploadFailedError, RetriesExceededError, BotoCoreError) as e:
+                    if attempt == self.max_attempts or not _worth_retrying_whole(e):
+                        self._abort_uploads(key, self._uploads_of(key))
+                        raise self._store_error(_root_cause(e), e, uri) from None
+                    time.sleep(TRANSFER_BACKOFF_S[min(attempt, len(TRANSFER_BACKOFF_S)) - 1])
+                    self._abort_uploads(key, self._uploads_of(key))
+                else:
+                    # Uploads started before this (successful) try are leftovers.
+                    self._abort_uploads(key, before)
+                    return
+        finally:
+            with self._uploads_lock:
+                self._started_uploads.pop(key, None)
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -413,25 +558,27 @@ class S3Store(Store):
             return resp["Body"].read()
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        # One PUT: S3 makes an object visible only once it is complete.
-        with self._errors(self.uri_for(key)):
-            self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        # One PUT: S3 makes an object visible only once it is complete. Retried as a whole like a
+        # transfer, so a store restart does not fail a trainer's progress or result write.
+        self._transfer(self.uri_for(key),
+                       lambda: self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data))
 
     def upload_file(self, local_path: str | os.PathLike[str], key: str) -> None:
         src = Path(local_path)
         if not src.is_file():
             raise StoreError(f"not found: {src} (uploading to {self.uri_for(key)})")
         # Managed transfer: multipart for large files, which is also only visible on completion.
-        with self._errors(self.uri_for(key)):
-            self._client.upload_file(str(src), self.bucket, self._key(key))
+        full_key = self._key(key)
+        self._transfer(self.uri_for(key),
+                       lambda: self._client.upload_file(str(src), self.bucket, full_key), full_key)
 
     def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
         dest = Path(local_path)
         with _os_errors(str(dest), "write"):
             dest.parent.mkdir(parents=True, exist_ok=True)
         # boto3 downloads into a temp file next to dest and renames it when complete.
-        with self._errors(self.uri_for(key)):
-            self._client.download_file(self.bucket, self._key(key), str(dest))
+        self._transfer(self.uri_for(key),
+                       lambda: self._client.download_file(self.bucket, self._key(key), str(dest)))
 
     def _iter_keys(self, prefix: str) -> Iterator[str]:
         """Full object keys (bucket-relative) under the folder `prefix` (store-relative)."""
@@ -517,16 +664,23 @@ def split_uri(uri: str) -> tuple[str, str]:
 
 
 def open_store(uri: str, *, endpoint: str | None = None, region: str | None = None,
-               credentials: dict[str, str] | None = None) -> Store:
+               credentials: dict[str, str] | None = None,
+               connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+               read_timeout: float = DEFAULT_READ_TIMEOUT_S,
+               max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Store:
     """The store rooted at uri (s3://bucket/prefix, file://..., or a local path).
 
     `credentials` (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_SESSION_TOKEN) are used
-    for S3 instead of the environment's.
+    for S3 instead of the environment's. `connect_timeout`/`read_timeout` (seconds per try) and
+    `max_attempts` (tries per request, counting the first) bound how long an S3 call can take;
+    the defaults suit the trainer, and the operator passes shorter ones.
     """
     uri = os.fspath(uri)
     root, key = split_uri(uri)
     if root.startswith("s3://"):
-        return S3Store(root[len("s3://") :], key, endpoint=endpoint, region=region, credentials=credentials)
+        return S3Store(root[len("s3://") :], key, endpoint=endpoint, region=region,
+                       credentials=credentials, connect_timeout=connect_timeout,
+                       read_timeout=read_timeout, max_attempts=max_attempts)
     return FileStore("/" + key)
 
 
@@ -536,6 +690,9 @@ def materialize(
     *,
     endpoint: str | None = None,
     region: str | None = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+    read_timeout: float = DEFAULT_READ_TIMEOUT_S,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> Path:
     """A local path holding the file or directory at uri.
 
@@ -554,7 +711,8 @@ def materialize(
         return path
 
     bucket = root[len("s3://") :]
-    store = S3Store(bucket, endpoint=endpoint, region=region)
+    store = S3Store(bucket, endpoint=endpoint, region=region, connect_timeout=connect_timeout,
+                    read_timeout=read_timeout, max_attempts=max_attempts)
     dest = Path(cache_dir) / bucket / key if key else Path(cache_dir) / bucket
     if key and not uri.endswith("/") and store.exists(key):
         with _os_errors(str(dest), "replace"):

@@ -10,6 +10,7 @@ import pytest
 
 from distillery import crdgen
 from distillery.api import GROUP, VERSION
+from distillery.api.base import QUANTITY_PATTERN
 from distillery.api.job import ExtractionMethod, Phase, TeacherFormat
 
 JOB = "distillationjobs.distillery.io.yaml"
@@ -201,9 +202,30 @@ def test_required_and_constraints(crds) -> None:
     assert (drop["type"], drop["minimum"], drop["maximum"]) == ("number", 0, 1)
     assert _at(spec, "resources.nodeSelector") == {
         "type": "object",
+        "maxProperties": 64,
         "additionalProperties": {"type": "string"},
     }
     assert _at(spec, "resources.tolerations.[].tolerationSeconds")["type"] == "integer"
+
+
+def test_resources_are_checked_as_kubernetes_checks_a_pod(crds) -> None:
+    """cpu and memory carry the quantity grammar; tolerations the enums and rules of a pod's."""
+    resources = _at(_root(crds[JOB]), "spec.resources")
+    for name in ("cpu", "memory"):
+        node = resources["properties"][name]
+        assert node["type"] == "string" and node["pattern"] == QUANTITY_PATTERN
+        for good in ("2", "500m", "1.5", "8Gi", "512M", "1e9", ".5"):
+            assert re.fullmatch(node["pattern"], good), good
+        for bad in ("lots", "8 GB", "8gi", "-1", "1.5.2", "", "1Gi ", "1E+3m"):
+            assert not re.fullmatch(node["pattern"], bad), bad
+    toleration = _at(resources, "tolerations.[]")
+    assert _at(resources, "tolerations")["maxItems"] == 64
+    assert toleration["properties"]["operator"]["enum"] == ["Equal", "Exists"]
+    assert toleration["properties"]["effect"]["enum"] == ["NoSchedule", "PreferNoSchedule", "NoExecute"]
+    messages = {r["message"] for r in toleration["x-kubernetes-validations"]}
+    assert messages == {"a toleration without a key needs operator Exists",
+                        "a toleration with operator Exists takes no value",
+                        "tolerationSeconds needs effect NoExecute"}
 
 
 def test_descriptions_are_kept(crds) -> None:

@@ -127,7 +127,32 @@ INVALID = [
     ("duplicate-layers", _set("spec.student", {"method": "explicit", "layers": [0, 0]}), ["spec.student", "duplicates"]),
     ("cache-on-another-store", _set("spec.output", {"uri": "s3://b/o", "cacheUri": "/local/cache"}),
      ["spec.output", "cacheUri", "same kind of store"]),
+    # Quantities are checked when the job is applied, not when the trainer Job is created.
+    ("cpu-lots", _set("spec.resources.cpu", "lots"), ["spec.resources.cpu", "must be a Kubernetes quantity"]),
+    ("memory-with-a-space", _set("spec.resources.memory", "8 GB"),
+     ["spec.resources.memory", "must be a Kubernetes quantity"]),
+    ("memory-lowercase-binary-suffix", _set("spec.resources.memory", "8gi"), ["spec.resources.memory"]),
+    ("cpu-negative", _set("spec.resources.cpu", "-1"), ["spec.resources.cpu"]),
+    ("cpu-number", _set("spec.resources.cpu", 2), ["spec.resources.cpu", "valid string"]),
+    ("gpus-above-64", _set("spec.resources.gpus", 65), ["spec.resources.gpus"]),
+    ("toleration-operator", _set("spec.resources.tolerations", [{"key": "a", "operator": "In"}]),
+     ["spec.resources.tolerations[0].operator", "'Equal' or 'Exists'"]),
+    ("toleration-effect", _set("spec.resources.tolerations", [{"key": "a", "effect": "NoRun"}]),
+     ["spec.resources.tolerations[0].effect", "'NoSchedule', 'PreferNoSchedule' or 'NoExecute'"]),
+    ("toleration-without-key-needs-exists", _set("spec.resources.tolerations", [{"value": "x"}]),
+     ["spec.resources.tolerations[0]", "without a key needs operator Exists"]),
+    ("toleration-exists-with-value", _set("spec.resources.tolerations", [{"key": "a", "operator": "Exists",
+                                                                         "value": "x"}]),
+     ["spec.resources.tolerations[0]", "Exists takes no value"]),
+    ("toleration-seconds-without-noexecute", _set("spec.resources.tolerations", [{"key": "a", "tolerationSeconds": 5}]),
+     ["spec.resources.tolerations[0]", "tolerationSeconds needs effect NoExecute"]),
 ]  # fmt: skip
+
+
+def test_a_bad_quantity_is_named_not_quoted() -> None:
+    with pytest.raises(SpecError) as exc:
+        load_job(_doc(_set("spec.resources.memory", "hunter2-GB")))
+    assert "hunter2" not in str(exc.value)
 
 
 @pytest.mark.parametrize(("mutate", "expected"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
@@ -152,6 +177,14 @@ VALID = [
     ("cache-on-the-same-store", _set("spec.output", {"uri": "s3://b/o", "cacheUri": "s3://shared/cache"})),
     ("dropout-off-and-ablation", lambda d: (_set("spec.distillation.disableDropout", True)(d),
                                             _set("spec.student.importanceMetric", "ablation")(d))),
+    ("quantities", _set("spec.resources", {"cpu": "500m", "memory": "8Gi"})),
+    ("quantities-decimal-and-exponent", _set("spec.resources", {"cpu": "1.5", "memory": "1e9"})),
+    ("quantities-plain-and-decimal-si", _set("spec.resources", {"cpu": "2", "memory": "512M"})),
+    ("tolerations", _set("spec.resources.tolerations", [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "pool", "value": "batch"},
+        {"key": "spot", "operator": "Equal", "value": "yes", "effect": "NoExecute", "tolerationSeconds": 60},
+        {"operator": "Exists"}])),  # the schema allows it; the chart's policy decides (controller/policy.py)
 ]  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from distillery.controller.policy import TolerationPattern
 from distillery.controller.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,6 +134,18 @@ CUSTOM = (
     "resources.requests.cpu=200m",
     "resources.limits.memory=1Gi",
     "operator.verbose=true",
+    "trainer.workDirSizeLimit=50Gi",
+    "store.connectTimeoutSeconds=1.5",
+    "store.readTimeoutSeconds=4",
+    "store.maxAttempts=3",
+    "store.workers=8",
+    "policy.allowedSecrets={store-creds,team-b/archive}",
+    "policy.allowedEndpoints={http://minio.minio.svc.cluster.local:9000,https://s3.example.com}",
+    "policy.allowedTolerations[0].key=nvidia.com/gpu",
+    "policy.allowedTolerations[0].operator=Exists",
+    "policy.allowedTolerations[0].effect=NoSchedule",
+    "policy.allowedNodeSelectors.pool={gpu,cpu}",
+    "policy.allowedNodeSelectors.topology\\.kubernetes\\.io/zone={*}",
 )
 
 
@@ -207,6 +220,12 @@ def test_default_env_matches_the_operators_settings(default_docs):
     assert settings.metrics_port == 8080
     assert settings.job_ttl_seconds == 86400 and settings.backoff_limit == 2
     assert container(default_docs)["image"] == "ghcr.io/distillery/operator:0.1.0"
+    # No allow-lists by default (only the toleration of every taint is refused), bounded store calls.
+    assert settings.allowed_secrets == () and settings.allowed_endpoints == ()
+    assert settings.allowed_tolerations == () and settings.allowed_node_selectors == {}
+    assert settings.work_dir_size_limit == "20Gi"
+    assert (settings.store_connect_timeout_s, settings.store_read_timeout_s, settings.store_max_attempts) == (3, 10, 2)
+    assert settings.store_workers == 4
 
 
 def test_non_default_values_reach_the_operator(custom_docs):
@@ -223,12 +242,23 @@ def test_non_default_values_reach_the_operator(custom_docs):
     assert settings.poll_interval_s == 2.5
     assert c["image"] == "registry.example.com/ml/distillery-operator:0.1.0@sha256:" + "a" * 64
     assert "--verbose" in c["args"]
+    assert settings.work_dir_size_limit == "50Gi"
+    assert (settings.store_connect_timeout_s, settings.store_read_timeout_s, settings.store_max_attempts) == (1.5, 4, 3)
+    assert settings.store_workers == 8
+    assert settings.allowed_secrets == ("store-creds", "team-b/archive")
+    assert settings.allowed_endpoints == ("http://minio.minio.svc.cluster.local:9000", "https://s3.example.com")
+    assert settings.allowed_tolerations == (TolerationPattern(key="nvidia.com/gpu", operator="Exists",
+                                                              effect="NoSchedule"),)
+    assert settings.allowed_node_selectors == {"pool": ("gpu", "cpu"), "topology.kubernetes.io/zone": ("*",)}
     # Every variable the chart sets is one the operator reads.
     known = {"DISTILLERY_TRAINER_IMAGE", "DISTILLERY_IMAGE_PULL_POLICY", "DISTILLERY_NAMESPACES",
              "DISTILLERY_JOB_TTL_SECONDS", "DISTILLERY_BACKOFF_LIMIT", "DISTILLERY_DEFAULT_CPU",
              "DISTILLERY_DEFAULT_MEMORY", "DISTILLERY_DEFAULT_S3_ENDPOINT",
              "DISTILLERY_DEFAULT_CREDENTIALS_SECRET", "DISTILLERY_POLL_INTERVAL_SECONDS",
-             "DISTILLERY_METRICS_PORT"}
+             "DISTILLERY_METRICS_PORT", "DISTILLERY_WORK_DIR_SIZE_LIMIT",
+             "DISTILLERY_STORE_CONNECT_TIMEOUT_SECONDS", "DISTILLERY_STORE_READ_TIMEOUT_SECONDS",
+             "DISTILLERY_STORE_MAX_ATTEMPTS", "DISTILLERY_STORE_WORKERS", "DISTILLERY_ALLOWED_SECRETS", "DISTILLERY_ALLOWED_ENDPOINTS",
+             "DISTILLERY_ALLOWED_TOLERATIONS", "DISTILLERY_ALLOWED_NODE_SELECTORS"}
     assert {k for k in env if k.startswith("DISTILLERY_")} == known
 
 
@@ -375,6 +405,17 @@ def test_helm_test_pods_check_crds_and_health(default_docs):
     ("trainer.defaultResources.memory=lots", "at '/trainer/defaultResources/memory'"),
     ("store.endpoint=minio:9000", "at '/store/endpoint'"),
     ("health.port=70000", "at '/health/port': maximum"),
+    ("trainer.workDirSizeLimit=20 GB", "at '/trainer/workDirSizeLimit'"),
+    ("store.maxAttempts=0", "at '/store/maxAttempts': minimum: got 0, want 1"),
+    ("store.readTimeoutSeconds=-1", "at '/store/readTimeoutSeconds'"),
+    ("store.endpoint=http://user:pass@minio:9000", "at '/store/endpoint'"),
+    # No wildcard Secret: it would undo the opt-in.
+    ("policy.allowedSecrets={*}", "at '/policy/allowedSecrets/0'"),
+    ("policy.allowedEndpoints={minio:9000}", "at '/policy/allowedEndpoints/0'"),
+    ("policy.allowedTolerations[0].operator=Exists", "at '/policy/allowedTolerations/0': missing property 'key'"),
+    ("policy.allowedTolerations[0].effect=NoRun", "at '/policy/allowedTolerations/0/effect'"),
+    ("policy.allowedNodeSelectors.pool=gpu", "at '/policy/allowedNodeSelectors/pool': got string, want array"),
+    ("policy.allowedSecret={a}", "additional properties 'allowedSecret' not allowed"),
 ])
 def test_schema_rejects_bad_values(helm, value, message):
     proc = run_helm(helm, "template", RELEASE, str(CHART), "--set", value, check=False)
@@ -418,6 +459,9 @@ def test_notes_render_and_say_how_to_submit_a_job(helm, tmp_path):
         assert "helm test" in text
         if set_args:
             assert "-n ml apply -f job.yaml" in text and "create secret generic s3" in text
+            assert "distillery.io/usable-by-jobs" not in text  # the chart's own Secret is allowed
+        else:
+            assert "label secret store-creds distillery.io/usable-by-jobs=true" in text
 
 
 # ----------------------------------------------------------------------------------- CRDs

@@ -165,6 +165,10 @@ def test_clusterwide_rbac_has_no_secret_listing_and_no_wildcards(control_plane, 
     assert can_i(control_plane, clusterwide, "list", "distillationjobs.distillery.io")  # all namespaces
     assert not can_i(control_plane, clusterwide, "list", "secrets")  # all namespaces
     assert not can_i(control_plane, clusterwide, "list", "secrets", anywhere)
+    # Secrets by name only: the operator reads the one a job names (its opt-in label, then the
+    # store credentials) and never sees the others.
+    assert not can_i(control_plane, clusterwide, "watch", "secrets", anywhere)
+    assert not can_i(control_plane, clusterwide, "watch", "secrets")
     assert not can_i(control_plane, clusterwide, "delete", "namespaces")
     assert not can_i(control_plane, clusterwide, "create", "pods", anywhere)
     assert not can_i(control_plane, clusterwide, "*", "*", anywhere)
@@ -210,7 +214,7 @@ def test_the_operator_can_write_status_with_its_own_token(control_plane, namespa
     api = client.CustomObjectsApi(client_as_service_account(control_plane, namespaced))
     api.patch_namespaced_custom_object_status(
         "distillery.io", "v1alpha1", namespace, "distillationjobs", job["metadata"]["name"],
-        {"status": st.failed(1, "SecretMissing", "Secret 'store-creds' not found", None)},
+        {"status": st.failed(1, "SecretMissing", "Secret 'store-creds' not found", None).to_wire()},
         _content_type="application/merge-patch+json")
     # ...and a Secret by name (no such Secret: 404, not 403).
     from kubernetes.client.exceptions import ApiException
@@ -270,7 +274,7 @@ def operator_writes(control_plane: Cluster, namespace: str, name: str) -> dict:
     control_plane.kubectl("patch", "distillationjob", name, "-n", namespace, "--type=merge", "-p", json.dumps(
         {"metadata": {"annotations": {"distillery.io/last-handled-configuration": json.dumps({"spec": obj["spec"]}),
                                       "distillery.io/reconcile": '{"started":"2026-01-01T00:00:00Z"}'}}}))
-    status = st.started(obj["metadata"]["generation"], f"distill-{name}-g1", None, queued=False)
+    status = st.started(obj["metadata"]["generation"], f"distill-{name}-g1", None, queued=False).to_wire()
     control_plane.kubectl("patch", "distillationjob", name, "-n", namespace, "--subresource=status",
                           "--type=merge", "-p", json.dumps({"status": status}))
     return obj
@@ -359,6 +363,8 @@ def test_operator_runs_with_the_charts_service_account_args_and_env(
         # A job that reads its (dummy) store credentials from a Secret, as jobs on S3 do.
         control_plane.kubectl("create", "secret", "generic", "store-creds", "-n", namespace,
                               "--from-literal=AWS_ACCESS_KEY_ID=id", "--from-literal=AWS_SECRET_ACCESS_KEY=key")
+        # Opted in: the operator (with only `get` on Secrets) reads this label before using it.
+        control_plane.kubectl("label", "secret", "store-creds", "-n", namespace, "distillery.io/usable-by-jobs=true")
         doc = digits_job_document(digits_workspace, tmp_path / "out", distillation={"epochs": 2},
                                   targets={"maxAccuracyDrop": 0.5})
         doc["metadata"] = {"name": "rbac"}

@@ -71,6 +71,27 @@ def test_minimal_job_is_created_with_server_side_defaults(control_plane: Cluster
         pytest.param(lambda s: s["output"].update(cacheUri="/var/cache"),
                      ["spec.output", "output.cacheUri must be on the same kind of store as output.uri"],
                      id="cacheUri-on-another-store"),
+        # Quantities and tolerations are refused at apply time, as pydantic refuses them
+        # (tests/api/test_spec_validation.py), not when the trainer Job is created.
+        pytest.param(lambda s: s.update(resources={"cpu": "lots"}), ["spec.resources.cpu", "should match"],
+                     id="cpu-lots"),
+        pytest.param(lambda s: s.update(resources={"memory": "8 GB"}), ["spec.resources.memory", "should match"],
+                     id="memory-8-GB"),
+        pytest.param(lambda s: s.update(resources={"cpu": 2}), ["spec.resources.cpu", "must be of type string"],
+                     id="cpu-number"),
+        pytest.param(lambda s: s.update(resources={"tolerations": [{"key": "a", "operator": "In"}]}),
+                     ["spec.resources.tolerations[0].operator", 'Unsupported value: "In"'], id="toleration-operator"),
+        pytest.param(lambda s: s.update(resources={"tolerations": [{"key": "a", "effect": "NoRun"}]}),
+                     ["spec.resources.tolerations[0].effect", 'Unsupported value: "NoRun"'], id="toleration-effect"),
+        pytest.param(lambda s: s.update(resources={"tolerations": [{"value": "x"}]}),
+                     ["spec.resources.tolerations[0]", "a toleration without a key needs operator Exists"],
+                     id="toleration-without-key"),
+        pytest.param(lambda s: s.update(resources={"tolerations": [{"key": "a", "operator": "Exists", "value": "x"}]}),
+                     ["spec.resources.tolerations[0]", "a toleration with operator Exists takes no value"],
+                     id="toleration-exists-with-value"),
+        pytest.param(lambda s: s.update(resources={"tolerations": [{"key": "a", "tolerationSeconds": 5}]}),
+                     ["spec.resources.tolerations[0]", "tolerationSeconds needs effect NoExecute"],
+                     id="tolerationSeconds-without-NoExecute"),
     ],
 )
 def test_invalid_job_is_refused_naming_the_field(control_plane: Cluster, namespace: str,
@@ -88,6 +109,20 @@ def test_onnx_teacher_with_student_base_is_accepted(control_plane: Cluster, name
     doc = job_with(lambda s: (s["teacher"].update(format="onnx"),
                               s.update(student={"base": {"uri": "s3://b/base"}, "keepLayers": 3})))
     apply(control_plane, namespace, doc)
+
+
+def test_quantities_and_tolerations_a_pod_would_take_are_accepted(control_plane: Cluster, namespace: str):
+    resources = {"cpu": "500m", "memory": "8Gi", "nodeSelector": {"pool": "gpu"},
+                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                                 {"key": "spot", "value": "yes", "effect": "NoExecute", "tolerationSeconds": 60},
+                                 {"operator": "Exists"}]}  # the schema allows it; the operator's policy decides
+    apply(control_plane, namespace, job_with(lambda s: s.update(resources=resources)))
+    for cpu, memory in (("1.5", "512M"), ("2", "1e9")):
+        doc = job_with(lambda s, cpu=cpu, memory=memory: s.update(resources={"cpu": cpu, "memory": memory}))
+        doc["metadata"]["name"] = f"q-{cpu.replace('.', '-')}"
+        apply(control_plane, namespace, doc)
+    stored = json.loads(control_plane.kubectl("get", "dj", "x", "-n", namespace, "-o", "json").stdout)
+    assert stored["spec"]["resources"]["tolerations"] == resources["tolerations"]
 
 
 def test_kubectl_get_dj_prints_the_printer_columns(control_plane: Cluster, namespace: str):

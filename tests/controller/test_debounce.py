@@ -12,21 +12,25 @@ class Clock:
         return self.now
 
 
-def test_a_burst_of_one_key_runs_once_after_the_window():
+def keys_of(runs):
+    return lambda key, data: runs.append(key)
+
+
+def test_a_burst_of_one_key_runs_once_after_the_window_with_the_newest_snapshot():
     clock, runs = Clock(), []
-    d = Debouncer(runs.append, window_s=1.0, clock=clock)
-    for _ in range(50):
-        d.schedule(("ns", "g1"))
+    d = Debouncer(lambda key, data: runs.append((key, data)), window_s=1.0, clock=clock)
+    for i in range(50):
+        d.schedule(("ns", "g1"), [f"snapshot-{i}"])
         clock.now += 0.01
     assert d.run_due() == [] and runs == []  # the window is not over yet
     clock.now = 101.0
     assert d.run_due() == [("ns", "g1")]
-    assert runs == [("ns", "g1")] and d.pending() == {}
+    assert runs == [(("ns", "g1"), ["snapshot-49"])] and d.pending() == {}
 
 
 def test_keys_are_independent_and_the_window_starts_at_the_first_request():
     clock, runs = Clock(), []
-    d = Debouncer(runs.append, window_s=1.0, clock=clock)
+    d = Debouncer(keys_of(runs), window_s=1.0, clock=clock)
     d.schedule("a")
     clock.now += 0.6
     d.schedule("b")
@@ -41,7 +45,7 @@ def test_keys_are_independent_and_the_window_starts_at_the_first_request():
 def test_a_request_during_a_run_is_served_by_another_run():
     clock, runs = Clock(), []
 
-    def fn(key):
+    def fn(key, data):
         runs.append(key)
         if len(runs) == 1:
             d.schedule(key)  # an event that arrived while the group was being written
@@ -59,7 +63,7 @@ def test_a_request_during_a_run_is_served_by_another_run():
 def test_a_failing_run_is_retried_later_and_does_not_stop_others():
     clock, runs = Clock(), []
 
-    def fn(key):
+    def fn(key, data):
         runs.append(key)
         if key == "bad" and runs.count("bad") == 1:
             raise RuntimeError("API down")
@@ -78,7 +82,7 @@ def test_a_failing_run_is_retried_later_and_does_not_stop_others():
 def test_the_thread_coalesces_a_burst_and_stops():
     runs, done = [], threading.Event()
 
-    def fn(key):
+    def fn(key, data):
         runs.append(key)
         done.set()
 

@@ -4,7 +4,8 @@ import asyncio
 
 import pytest
 
-from distillery.controller import handlers, registry
+from distillery.controller import decide, handlers, registry
+from distillery.controller.settings import Settings
 from distillery.controller.trainer_job import watched_view
 
 GROUP_LABEL = "distillery.io/frontier-group"
@@ -40,10 +41,13 @@ class FakeKube:
 
 
 @pytest.fixture
-def fake_kube(monkeypatch):
-    fake = FakeKube()
-    monkeypatch.setattr(handlers, "_kube", fake)
-    return fake
+def fake_kube():
+    return FakeKube()
+
+
+@pytest.fixture
+def ctx(fake_kube):
+    return handlers.context_for(Settings(), ["ns"], kube=fake_kube)
 
 
 # ----------------------------------------------------------------------------- StudentModels
@@ -92,34 +96,64 @@ def test_only_events_that_can_change_the_frontier_recompute_it():
                                                        deletionTimestamp="2026-01-01T00:00:00Z"))
 
 
-def test_a_group_pass_patches_only_changed_statuses_and_skips_gone_models(fake_kube, monkeypatch):
+def test_a_group_pass_patches_only_changed_statuses_and_skips_gone_models(ctx, fake_kube):
     fast = {"onFrontier": True, "dominatedBy": [], "group": "g", "observedGeneration": 1}
     index = {("ns", "g"): [registry.indexed(m) for m in (
         model("fast", 0.80, 5.0, 50, status=fast),
         model("worse", 0.79, 25.0, 250),
         model("ghost", 0.99, 1.0, 1))]}  # deleted while the watch was away
-    monkeypatch.setattr(handlers, "_gone", frozenset({"uid-ghost"}))
-    handlers.recompute_group(index, ("ns", "g"))
+    ctx.gone.add("uid-ghost")
+    handlers.write_frontier(ctx, ("ns", "g"), handlers.group_snapshot(index, ("ns", "g"), ctx.gone))
     assert fake_kube.patches == [("worse", {"onFrontier": False, "dominatedBy": ["fast"], "group": "g",
                                             "observedGeneration": 1})]
+    # The same snapshot again (the watch has not brought the write back yet): no second write;
+    # a resync pass (heal) writes what the cluster still lacks.
+    handlers.write_frontier(ctx, ("ns", "g"), handlers.group_snapshot(index, ("ns", "g"), ctx.gone))
+    assert len(fake_kube.patches) == 1
+    handlers.write_frontier(ctx, ("ns", "g"), handlers.group_snapshot(index, ("ns", "g"), ctx.gone, heal=True))
+    assert len(fake_kube.patches) == 2
 
 
-def test_an_event_schedules_its_group_once_per_burst(monkeypatch):
+def test_an_event_schedules_its_group_once_per_burst_with_a_snapshot(ctx):
     scheduled = []
 
     class Recorder:
-        def schedule(self, key):
-            scheduled.append(key)
+        def schedule(self, key, data=None):
+            scheduled.append((key, data))
 
-    monkeypatch.setattr(handlers, "_frontier", Recorder())
+    ctx.frontier = Recorder()
     m = model("a", 0.9, 10, 100)
+    index = {("ns", "g"): [registry.indexed(m)]}
     asyncio.run(handlers.student_event(event={"type": "ADDED"}, body=m, namespace="ns",
-                                       labels=m["metadata"]["labels"]))
+                                       labels=m["metadata"]["labels"], memo=ctx, students_by_group=index))
     done = model("a", 0.9, 10, 100, status={"onFrontier": True, "dominatedBy": [], "group": "g",
                                             "observedGeneration": 1})
     asyncio.run(handlers.student_event(event={"type": "MODIFIED"}, body=done, namespace="ns",
-                                       labels=done["metadata"]["labels"]))
-    assert scheduled == [("ns", "g")]
+                                       labels=done["metadata"]["labels"], memo=ctx, students_by_group=index))
+    assert scheduled == [(("ns", "g"), ([registry.indexed(m)], False))]
+    # A copy: later changes of kopf's index do not reach what the debouncer thread holds.
+    index[("ns", "g")].append(registry.indexed(model("b", 0.9, 10, 100)))
+    assert len(scheduled[0][1][0]) == 1
+
+
+def test_a_resync_finds_models_the_watch_lost_and_schedules_every_group(ctx):
+    scheduled = {}
+
+    class Recorder:
+        def schedule(self, key, data=None):
+            scheduled[key] = data
+
+    class Lister:
+        def list_student_models_in(self, namespace):
+            return [model("a", 0.9, 10, 100), model("c", 0.5, 10, 100, group="h")]
+
+    ctx.frontier, ctx.kube = Recorder(), Lister()
+    index = {("ns", "g"): [registry.indexed(model("a", 0.9, 10, 100)), registry.indexed(model("b", 0.9, 9, 100))]}
+    asyncio.run(handlers.resync_frontiers(ctx, index))
+    assert ctx.gone == {"uid-b"}
+    models, heal = scheduled[("ns", "g")]
+    assert [m["metadata"]["name"] for m in models] == ["a"] and heal
+    assert ("ns", "h") in scheduled
 
 
 # ----------------------------------------------------------------------------- trainer Jobs
@@ -133,57 +167,45 @@ def test_job_entry_keeps_what_following_needs():
                      "spec": {"suspend": True},
                      "status": {"conditions": [{"type": "Complete", "status": "True",
                                                 "reason": "CompletionsReached", "message": "done"}]}}
-    assert handlers.job_condition(entry, "Complete")
+    assert decide.job_condition(entry, "Complete")
     job = k8s_job()
     out = asyncio.run(handlers.trainer_jobs(body=job, namespace="ns", name=job["metadata"]["name"]))
     assert out == {("ns", "distill-a-g1"): watched_view(job)}
 
 
-def test_a_watched_job_is_read_from_the_index_without_a_request(fake_kube):
-    index, memo = {("ns", "distill-a-g1"): [watched_view(k8s_job())]}, {}
+def observe(ctx, name, index):
+    return asyncio.run(handlers.observe_trainer(ctx, "ns", name, index))
+
+
+def test_a_watched_job_is_read_from_the_index_without_a_request(ctx, fake_kube):
+    index = {("ns", "distill-a-g1"): [watched_view(k8s_job())]}
     for _ in range(3):
-        assert handlers.observed_job("ns", "distill-a-g1", index, memo) == watched_view(k8s_job())
+        assert observe(ctx, "distill-a-g1", index) == watched_view(k8s_job())
     assert fake_kube.reads == []
 
 
-def test_a_job_missing_from_the_index_is_confirmed_with_a_get(fake_kube):
+def test_a_job_missing_from_the_index_is_confirmed_with_a_get(ctx, fake_kube):
     # Just created: the watch has not brought it yet; the GET finds it (no recreation).
     fake_kube.jobs["distill-a-g1"] = k8s_job()
-    assert handlers.observed_job("ns", "distill-a-g1", {}, {}) == k8s_job()
+    assert observe(ctx, "distill-a-g1", {}) == k8s_job()
     # Really gone: None, which makes the caller run the generation again.
-    assert handlers.observed_job("ns", "distill-b-g1", {}, {}) is None
+    assert observe(ctx, "distill-b-g1", {}) is None
     assert fake_kube.reads == ["distill-a-g1", "distill-b-g1"]
 
 
-def test_a_watched_job_is_rechecked_once_per_interval(fake_kube, monkeypatch):
+def test_a_watched_job_is_rechecked_once_per_interval(ctx, fake_kube, monkeypatch):
     # A DELETED event lost in a watch reconnection leaves a stale entry: a periodic GET finds out.
     clock = [1000.0]
     monkeypatch.setattr(handlers.time, "monotonic", lambda: clock[0])
-    index, memo = {("ns", "distill-a-g1"): [watched_view(k8s_job())]}, {}
-    assert handlers.observed_job("ns", "distill-a-g1", index, memo) is not None
-    clock[0] += handlers.SETTINGS.trainer_recheck_s - 1
-    assert handlers.observed_job("ns", "distill-a-g1", index, memo) is not None
+    index = {("ns", "distill-a-g1"): [watched_view(k8s_job())]}
+    assert observe(ctx, "distill-a-g1", index) is not None
+    clock[0] += ctx.settings.trainer_recheck_s - 1
+    assert observe(ctx, "distill-a-g1", index) is not None
     assert fake_kube.reads == []
     clock[0] += 1
-    assert handlers.observed_job("ns", "distill-a-g1", index, memo) is None  # the GET: it is gone
+    assert observe(ctx, "distill-a-g1", index) is None  # the GET: it is gone
     assert fake_kube.reads == ["distill-a-g1"]
     # Two entries for one name (a stale one and its replacement): the GET decides.
     fake_kube.jobs["distill-a-g1"] = k8s_job()
     index[("ns", "distill-a-g1")].append(watched_view(k8s_job()) | {"metadata": {"uid": "other"}})
-    assert handlers.observed_job("ns", "distill-a-g1", index, memo) == k8s_job()
-
-
-def test_entries_retries_a_copy_that_raced_a_change():
-    class Racing:
-        def __init__(self):
-            self.calls = 0
-
-        def __iter__(self):
-            self.calls += 1
-            if self.calls == 1:
-                raise RuntimeError("dictionary changed size during iteration")
-            return iter([1, 2])
-
-    racing = Racing()
-    assert handlers.entries({"k": racing}, "k") == [1, 2]
-    assert handlers.entries({}, "k") == []
+    assert observe(ctx, "distill-a-g1", index) == k8s_job()

@@ -76,3 +76,13 @@ def test_gpus_placement_deadline_and_queue():
 def test_invalid_input_fails_the_job_without_retries():
     rules = build()["spec"]["podFailurePolicy"]["rules"]
     assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [2]
+
+
+def test_work_dir_has_the_settings_size_limit():
+    doc = json.loads(json.dumps(BASE))
+    for settings, limit in ((Settings(trainer_image="trainer:1"), "20Gi"),
+                            (Settings.from_env({"DISTILLERY_WORK_DIR_SIZE_LIMIT": "512Mi"}), "512Mi")):
+        pod = build_trainer_job(load_job(doc), "uid-7", 2, settings)["spec"]["template"]["spec"]
+        assert pod["volumes"] == [{"name": "work", "emptyDir": {"sizeLimit": limit}}]
+        # Still the restricted pod: the size limit adds no privilege.
+        assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True

@@ -177,7 +177,11 @@ def _install_minio(cluster: E2ECluster) -> None:
 def _install_chart(cluster: E2ECluster) -> None:
     for ns in (OPERATOR_NS, JOBS_NS):
         cluster.apply(restricted_namespace(ns))
-    cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "store-creds", "namespace": JOBS_NS},
+    # Labelled: the operator hands a trainer only Secrets that opt in (store.credentialsSecret
+    # would be allowed anyway; the label is what a user does for a Secret of their own).
+    cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {
+                       "name": "store-creds", "namespace": JOBS_NS,
+                       "labels": {"distillery.io/usable-by-jobs": "true"}},
                    "stringData": {"AWS_ACCESS_KEY_ID": MINIO_USER, "AWS_SECRET_ACCESS_KEY": MINIO_PASSWORD}})
     cluster.helm("install", RELEASE, REPO / "charts" / "distillery", "--namespace", OPERATOR_NS, "--wait",
                  "--timeout", "8m", *_image_values("image", cluster.images["operator"]),

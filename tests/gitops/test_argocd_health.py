@@ -92,34 +92,34 @@ def test_no_status_is_progressing():
 
 
 def test_pending_is_progressing():
-    health = run_health(JOB_SCRIPT, job(st.started(1, "distill-digits-g1", None, queued=False)))
+    health = run_health(JOB_SCRIPT, job(st.started(1, "distill-digits-g1", None, queued=False).to_wire()))
     assert health["status"] == "Progressing"
     assert health["message"].startswith("Pending")
 
 
 def test_queued_for_kueue_is_progressing():
-    health = run_health(JOB_SCRIPT, job(st.started(1, "distill-digits-g1", None, queued=True)))
+    health = run_health(JOB_SCRIPT, job(st.started(1, "distill-digits-g1", None, queued=True).to_wire()))
     assert health["status"] == "Progressing"
 
 
 def test_running_is_progressing_with_the_progress():
-    started = st.started(1, "distill-digits-g1", None, queued=False)
+    started = st.started(1, "distill-digits-g1", None, queued=False).to_wire()
     running = {**started, **st.running(1, {"stage": "training", "percent": 42.4, "epoch": 2, "totalEpochs": 4},
-                                       started["conditions"])}
+                                       started["conditions"]).to_wire()}
     health = run_health(JOB_SCRIPT, job(running))
     assert health == {"status": "Progressing", "message": "Running: training 42%, epoch 2/4"}
 
 
 def test_running_without_progress_yet():
-    started = st.started(1, "distill-digits-g1", None, queued=False)
-    running = {**started, **st.running(1, None, started["conditions"])}
+    started = st.started(1, "distill-digits-g1", None, queued=False).to_wire()
+    running = {**started, **st.running(1, None, started["conditions"]).to_wire()}
     health = run_health(JOB_SCRIPT, job(running))
     assert health["status"] == "Progressing" and health["message"].startswith("Running")
 
 
 def test_succeeded_and_accepted_is_healthy():
     done = st.finished(1, result(True, ["speedup 2.50x >= 1.5x"]), True, ["speedup 2.50x >= 1.5x"],
-                       "digits-g1", None)
+                       "digits-g1", None).to_wire()
     health = run_health(JOB_SCRIPT, job(done))
     assert health["status"] == "Healthy"
     assert health["message"] == "accepted: StudentModel digits-g1 (speedup 2.50x, retention 0.9896)"
@@ -129,7 +129,7 @@ def test_succeeded_and_rejected_is_healthy_with_the_reasons():
     # A rejected student is a finished job with a verdict, not a broken resource (see the
     # comment at the top of the script); the message says it was rejected and why.
     reasons = ["relative accuracy drop 0.0104 > 0.01", "speedup 2.50x >= 1.5x"]
-    done = st.finished(1, result(False, reasons), False, reasons, None, None)
+    done = st.finished(1, result(False, reasons), False, reasons, None, None).to_wire()
     health = run_health(JOB_SCRIPT, job(done))
     assert health["status"] == "Healthy"
     assert health["message"].startswith("rejected: relative accuracy drop 0.0104 > 0.01; speedup")
@@ -137,21 +137,21 @@ def test_succeeded_and_rejected_is_healthy_with_the_reasons():
 
 def test_rejected_by_the_frontier_rule_says_who_dominates():
     reasons = ["dominated on the frontier by digits-old-g1"]
-    done = st.finished(1, result(True, ["ok"]), False, reasons, None, None)
+    done = st.finished(1, result(True, ["ok"]), False, reasons, None, None).to_wire()
     health = run_health(JOB_SCRIPT, job(done))
     assert health["status"] == "Healthy"
     assert "rejected: dominated on the frontier by digits-old-g1" in health["message"]
 
 
 def test_failed_is_degraded_with_the_reason_and_message():
-    failed = st.failed(1, "OOMKilled", "the trainer ran out of memory (raise spec.resources.memory)", None)
+    failed = st.failed(1, "OOMKilled", "the trainer ran out of memory (raise spec.resources.memory)", None).to_wire()
     health = run_health(JOB_SCRIPT, job(failed))
     assert health["status"] == "Degraded"
     assert health["message"] == "OOMKilled: the trainer ran out of memory (raise spec.resources.memory)"
 
 
 def test_missing_secret_is_degraded():
-    failed = st.failed(1, "SecretMissing", "Secret 'store-creds' not found in namespace 'ml'", None)
+    failed = st.failed(1, "SecretMissing", "Secret 'store-creds' not found in namespace 'ml'", None).to_wire()
     health = run_health(JOB_SCRIPT, job(failed))
     assert health["status"] == "Degraded" and "store-creds" in health["message"]
 
@@ -159,16 +159,16 @@ def test_missing_secret_is_degraded():
 def test_status_of_an_older_generation_is_progressing():
     # The spec changed (generation 2) and the operator has not started the new run yet: whatever
     # generation 1 ended with, Argo CD must not report it as the current state.
-    for old in (st.failed(1, "TrainerFailed", "boom", None),
-                st.finished(1, result(True, ["ok"]), True, ["ok"], "digits-g1", None)):
+    for old in (st.failed(1, "TrainerFailed", "boom", None).to_wire(),
+                st.finished(1, result(True, ["ok"]), True, ["ok"], "digits-g1", None).to_wire()):
         health = run_health(JOB_SCRIPT, job(old, generation=2))
         assert health["status"] == "Progressing"
         assert "generation 2" in health["message"]
 
 
 def test_the_new_generation_runs_after_a_failure():
-    failed = st.failed(1, "TrainerFailed", "boom", None)
-    restarted = {**failed, **st.started(2, "distill-digits-g2", failed["conditions"], queued=False)}
+    failed = st.failed(1, "TrainerFailed", "boom", None).to_wire()
+    restarted = {**failed, **st.started(2, "distill-digits-g2", failed["conditions"], queued=False).to_wire()}
     health = run_health(JOB_SCRIPT, job(restarted, generation=2))
     assert health["status"] == "Progressing"
 

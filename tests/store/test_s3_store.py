@@ -183,28 +183,83 @@ def test_not_found_error_is_secret_free(s3: S3Store, minio) -> None:
     _assert_secret_free(e.value, minio.secret_key)
 
 
-def test_failed_multipart_upload_keeps_the_old_object(s3: S3Store, tmp_path: Path) -> None:
-    """A large upload that dies midway leaves the previous object intact and nothing partial."""
+def _count_calls(store: S3Store, operation: str) -> list[dict]:
+    calls: list[dict] = []
+    store._client.meta.events.register(f"provide-client-params.s3.{operation}",
+                                       lambda params, **_: calls.append(dict(params)))
+    return calls
+
+
+def _fail_part(part: int, times: int):
+    """An UploadPart hook that cuts the connection on part `part`, `times` times."""
+    failures = []
+
+    def hook(params, **_):
+        if params.get("PartNumber") == part and len(failures) < times:
+            failures.append(part)
+            raise ConnectionClosedError(endpoint_url="simulated network failure")
+
+    return hook
+
+
+def test_failed_multipart_upload_keeps_the_old_object(
+        s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large upload that dies midway (after botocore's retries) leaves the previous object
+    intact and nothing partial; with one attempt allowed it fails with one line."""
+    s3 = open_store(f"s3://{s3_env}/runs/r1", max_attempts=1)
     s3.write_bytes("big.bin", b"old")
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(9 * 1024 * 1024))  # above boto3's 8 MiB multipart threshold
 
-    def fail_second_part(params, **_):
-        if params.get("PartNumber") == 2:
-            raise ConnectionClosedError(endpoint_url="simulated network failure")
-
-    events = s3._client.meta.events
-    events.register("provide-client-params.s3.UploadPart", fail_second_part)
-    try:
-        with pytest.raises(StoreError, match=f"S3 error on {s3.uri_for('big.bin')}"):
-            s3.upload_file(big, "big.bin")
-    finally:
-        events.unregister("provide-client-params.s3.UploadPart", fail_second_part)
+    s3._client.meta.events.register("provide-client-params.s3.UploadPart", _fail_part(2, times=99))
+    with pytest.raises(StoreError) as e:
+        s3.upload_file(big, "big.bin")
+    assert str(e.value).startswith("cannot reach the S3 endpoint 127.0.0.1:")
+    assert s3.uri_for("big.bin") in str(e.value) and "\n" not in str(e.value)
 
     assert s3.read_bytes("big.bin") == b"old"
     assert s3.list_keys() == ["big.bin"]
     uploads = s3._client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", [])
-    assert uploads == []  # boto3 aborted the partial upload
+    assert uploads == []  # the partial upload was aborted
 
-    s3.upload_file(big, "big.bin")  # and a clean retry works
+
+def test_a_multipart_upload_cut_off_is_retried_as_a_whole(
+        s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("distillery.store.TRANSFER_BACKOFF_S", (0.1,))
+    s3 = open_store(f"s3://{s3_env}/runs/r1", max_attempts=3)
+    s3.write_bytes("big.bin", b"old")
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(9 * 1024 * 1024))
+    # A failure raised before the request is sent skips botocore's own retries: the part, and
+    # with it the transfer, fails for good the first time.
+    s3._client.meta.events.register("provide-client-params.s3.UploadPart", _fail_part(2, times=1))
+    started = _count_calls(s3, "CreateMultipartUpload")
+    # boto3's own abort of the failed try fails too (as while an endpoint is down): the store's
+    # next try must abort that upload itself.
+    aborts: list[str] = []
+
+    def fail_first_abort(params, **_):
+        aborts.append(params["UploadId"])
+        if len(aborts) == 1:
+            raise ConnectionClosedError(endpoint_url="simulated network failure")
+
+    s3._client.meta.events.register("provide-client-params.s3.AbortMultipartUpload", fail_first_abort)
+
+    s3.upload_file(big, "big.bin")
+
+    assert len(started) == 2  # the whole transfer ran twice
+    assert len(aborts) == 2 and aborts[0] == aborts[1]  # boto3's failed abort, then the store's
     assert s3.read_bytes("big.bin") == big.read_bytes()
+    assert s3._client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
+    assert s3._started_uploads == {}
+
+
+def test_permanent_errors_are_not_retried_as_a_whole(
+        s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("distillery.store.TRANSFER_BACKOFF_S", (5.0,))
+    s3 = open_store("s3://no-such-bucket-distillery/x", max_attempts=3)
+    (tmp_path / "f").write_text("x")
+    calls = _count_calls(s3, "PutObject")
+    with pytest.raises(StoreError, match="no such bucket"):
+        s3.upload_file(tmp_path / "f", "f")
+    assert len(calls) == 1

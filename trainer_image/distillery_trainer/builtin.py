@@ -116,20 +116,58 @@ def is_builtin_dir(directory: Path) -> bool:
         return False
 
 
+# Bounds for a built-in config read from a file: generous for real models, and small enough
+# that a hostile config cannot make the trainer allocate terabytes before anything is checked.
+_INT_FIELDS = {"num_classes": (1, 100_000), "hidden_size": (1, 65_536), "num_blocks": (1, 1024),
+               "input_dim": (0, 10_000_000), "in_channels": (1, 4096)}
+
+
+def read_builtin_config(config_path: Path) -> BuiltinConfig:
+    """A checked BuiltinConfig from config.json; errors name the file and the field."""
+    try:
+        raw = json.loads(config_path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise InputError(f"{config_path}: not a valid UTF-8 JSON file") from None
+    if not isinstance(raw, dict) or raw.pop("model_type", None) != CONFIG_MARKER:
+        raise InputError(f"{config_path}: not a Distillery built-in model config")
+    known = set(BuiltinConfig.__dataclass_fields__)
+    unknown = sorted(k for k in raw if k not in known)
+    if unknown:
+        raise InputError(f"{config_path}: unknown fields {unknown[:5]}")
+    if raw.get("architecture") not in ("mlp", "cnn"):
+        raise InputError(f"{config_path}: field 'architecture' must be mlp or cnn")
+    for name, (low, high) in _INT_FIELDS.items():
+        value = raw.get(name, BuiltinConfig.__dataclass_fields__[name].default)
+        if name == "num_classes" and name not in raw:
+            raise InputError(f"{config_path}: field 'num_classes' is required")
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise InputError(f"{config_path}: field {name!r} must be an integer in {low}..{high}")
+    size = raw.get("image_size", [8, 8])
+    if (not isinstance(size, list) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65_536 for v in size)):
+        raise InputError(f"{config_path}: field 'image_size' must be two integers in 1..65536")
+    return BuiltinConfig(**raw)
+
+
 def load_builtin(directory: Path) -> BuiltinNet:
+    if not directory.is_dir():
+        raise InputError(f"{directory}: a torch teacher is a directory with config.json and model.safetensors")
     config_path = directory / "config.json"
     weights = directory / "model.safetensors"
     if not config_path.is_file() or not weights.is_file():
         raise InputError(f"{directory}: a torch teacher needs config.json and model.safetensors")
-    raw = json.loads(config_path.read_text())
-    if raw.pop("model_type", None) != CONFIG_MARKER:
-        raise InputError(f"{config_path}: not a Distillery built-in model config")
+    model = BuiltinNet(read_builtin_config(config_path))
     try:
-        config = BuiltinConfig(**raw)
-    except TypeError as err:
-        raise InputError(f"{config_path}: {err}") from None
-    model = BuiltinNet(config)
-    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+        state = load_file(str(weights))
+    except Exception:  # noqa: BLE001 - safetensors raises SafetensorError, OSError, ValueError
+        raise InputError(f"{weights}: not a valid safetensors file") from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError:  # size mismatch between a tensor and the config
+        raise InputError(f"{weights}: tensor shapes do not match {config_path.name}") from None
     if missing or unexpected:
         raise InputError(f"{weights}: weights do not match config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise InputError(f"{weights}: tensor {bad[0]!r} holds NaN or infinite values")
     return model

@@ -1,4 +1,4 @@
-"""Task metrics, measured on the eval split every run."""
+"""Task metrics, measured on the eval split every run (tasks.py picks the one a task uses)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-from distillery.api.job import Task
-from distillery_trainer.teacher import TeacherOutputs
 
 
 @dataclass
@@ -54,14 +51,3 @@ def embedding_quality(eval_emb: torch.Tensor, teacher_eval: torch.Tensor | None,
     if fidelity is None:
         raise ValueError("embedding quality needs labels or teacher embeddings")
     return Quality(fidelity, "cosine-fidelity", None, fidelity)
-
-
-def quality(task: Task, outputs: TeacherOutputs, teacher: TeacherOutputs | None,
-            eval_labels: torch.Tensor | None, train_outputs: TeacherOutputs | None = None,
-            train_labels: torch.Tensor | None = None) -> Quality:
-    """`outputs` are the measured model's eval outputs; `teacher` the teacher's (None for the teacher)."""
-    if task == Task.SENTENCE_EMBEDDING:
-        return embedding_quality(
-            outputs.pooled, None if teacher is None else teacher.pooled,
-            None if train_outputs is None else train_outputs.pooled, train_labels, eval_labels)
-    return classification_quality(outputs.logits, eval_labels, None if teacher is None else teacher.logits)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distillery.api.job import DatasetFormat, DistillationJob, ExtractionMethod, Task, TeacherFormat
-from distillery.store import materialize
+from distillery.store import StoreError, materialize
 from distillery_trainer.data import LabelMap, Split, read_split
 from distillery_trainer.encode import Encoded, encode_features, encode_text
 from distillery_trainer.errors import InputError
@@ -34,10 +34,42 @@ class Inputs:
 
 
 def fetch(uri: str, field: str, cache: Path, job: DistillationJob) -> Path:
+    """A local path for `uri`. Nothing there is invalid input (exit 2); an unreachable or failing
+    store is not (exit 1, retried): a network blip must not fail a job for good."""
     try:
         return materialize(uri, cache, endpoint=job.spec.output.endpoint, region=job.spec.output.region)
-    except Exception as err:
-        raise InputError(f"{field}: {err}") from None
+    except StoreError as err:
+        if is_missing(err):
+            raise InputError(f"{field}: {err}") from None
+        raise
+
+
+def is_missing(err: StoreError) -> bool:
+    """Whether a store error says the object or bucket is not there (permanent), as opposed to
+    a connection, timeout or server error (transient). The store words these messages."""
+    text = str(err)
+    return text.startswith(("not found:", "no such bucket:", "invalid key", "unsupported store URI",
+                             "no bucket in"))
+
+
+def read_config(path: Path, field: str) -> dict:
+    """A model directory's config.json as a dict; a missing, non-UTF-8 or non-JSON file is named."""
+    if not path.is_dir():
+        raise InputError(f"{field}: {path} is a file; expected a model directory with config.json")
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise InputError(f"{field}: {path} has no config.json")
+    try:
+        config = json.loads(config_path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{field}: {config_path} is not valid UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{field}: {config_path} line {err.lineno}: not valid JSON ({err.msg})") from None
+    except RecursionError:
+        raise InputError(f"{field}: {config_path}: JSON nested too deeply") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{field}: {config_path} must hold a JSON object")
+    return config
 
 
 def needs_labels(task: Task) -> bool:
@@ -52,47 +84,68 @@ def load_tokenizer(path: Path, field: str):
         raise InputError(f"{field}: no tokenizer files in {path} (expected one of {', '.join(TOKENIZER_FILES)})")
     try:
         return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as err:
-        raise InputError(f"{field}: cannot load a tokenizer from {path}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - tokenizers raise OSError, ValueError, TypeError, Rust errors
+        raise InputError(f"{field}: cannot load a tokenizer from {path} ({type(err).__name__})") from None
 
 
-def teacher_label_names(path: Path, fmt: TeacherFormat) -> list[str] | None:
+def teacher_label_names(path: Path, fmt: TeacherFormat, field: str = "teacher.uri") -> list[str] | None:
     """Class names a Hugging Face classifier was trained with (None when generic LABEL_i)."""
     if fmt != TeacherFormat.HUGGINGFACE:
         return None
-
-    config = json.loads((path / "config.json").read_text())
-    id2label = config.get("id2label") or {}
-    names = [id2label[k] for k in sorted(id2label, key=int)]
+    id2label = read_config(path, field).get("id2label") or {}
+    if not isinstance(id2label, dict) or not all(isinstance(k, str) and k.isdigit() for k in id2label):
+        raise InputError(f"{field}: config.json id2label must map class ids (\"0\", \"1\", ...) to names")
+    names = [str(id2label[k]) for k in sorted(id2label, key=int)]
     if not names or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
         return None
     return names
 
 
+def onnx_file(path: Path) -> Path | None:
+    """The ONNX file a teacher URI names: the file itself, or the first *.onnx in a folder."""
+    return path if path.is_file() else next(iter(sorted(path.glob("*.onnx"))), None)
+
+
+def load_onnx_graph(path: Path, field: str):
+    """The ONNX model's graph without its external weights (cheap); a non-ONNX file is named."""
+    import onnx
+
+    file = onnx_file(path)
+    if file is None:
+        raise InputError(f"{field}: no .onnx file in {path}")
+    try:
+        return onnx.load(str(file), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends
+        raise InputError(f"{field}: {file} is not an ONNX model") from None
+
+
 def teacher_class_count(path: Path, fmt: TeacherFormat) -> int | None:
     """How many classes the teacher predicts, read from its config or ONNX output shape."""
-
     if fmt == TeacherFormat.ONNX:
-        import onnx
-
-        file = path if path.is_file() else next(iter(sorted(path.glob("*.onnx"))), None)
-        if file is None:
-            return None
-        dims = onnx.load(str(file), load_external_data=False).graph.output[0].type.tensor_type.shape.dim
+        outputs = load_onnx_graph(path, "teacher.uri").output
+        if not outputs:
+            raise InputError("teacher.uri: the ONNX model has no outputs")
+        dims = outputs[0].type.tensor_type.shape.dim
         return dims[-1].dim_value or None if dims else None
-    config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
-    return config.get("num_classes") or (len(config["id2label"]) if config.get("id2label") else None)
+    config = read_config(path, "teacher.uri")
+    count = config.get("num_classes") or (len(config["id2label"]) if isinstance(config.get("id2label"), dict)
+                                          and config["id2label"] else None)
+    if count is not None and not (isinstance(count, int) and count > 0):
+        raise InputError("teacher.uri: config.json num_classes must be a positive integer")
+    return count
 
 
 def check_teacher_has_head(path: Path, job: DistillationJob) -> None:
-
+    config = read_config(path, "teacher.uri")
     if job.spec.teacher.task != Task.SEQUENCE_CLASSIFICATION:
         return
-    archs = json.loads((path / "config.json").read_text()).get("architectures") or []
-    if archs and not any("ForSequenceClassification" in a for a in archs):
+    archs = config.get("architectures") or []
+    if not isinstance(archs, list):
+        raise InputError("teacher.uri: config.json architectures must be a list")
+    if archs and not any("ForSequenceClassification" in str(a) for a in archs):
         raise InputError(
-            f"teacher.uri: {path} is a {archs[0]} without a classification head; fine-tune it "
-            "first, or use teacher.task sentence-embedding"
+            f"teacher.uri: {path} is a model without a classification head (config.json architectures); "
+            "fine-tune it first, or use teacher.task sentence-embedding"
         )
 
 
@@ -123,11 +176,11 @@ def load_inputs(job: DistillationJob, work: Path) -> Inputs:
         count = teacher_class_count(teacher_path, fmt) if task != Task.SENTENCE_EMBEDDING else None
         names = spec.teacher.labels or teacher_label_names(teacher_path, fmt)
         if names is None and base_path is not None:  # ONNX teacher: its classes are student.base's
-            names = teacher_label_names(base_path, spec.student.base.format)
+            names = teacher_label_names(base_path, spec.student.base.format, "student.base.uri")
         labels = LabelMap.infer(train.raw_labels, names, count)
-        train.labels = labels.encode(train.raw_labels, f"{ds.train_uri} (dataset.labelField)")
+        train.labels = labels.encode(train.raw_labels, f"dataset.trainUri {ds.train_uri}", ds.label_field)
         if evals.raw_labels is not None:
-            evals.labels = labels.encode(evals.raw_labels, f"{ds.eval_uri} (dataset.labelField)")
+            evals.labels = labels.encode(evals.raw_labels, f"dataset.evalUri {ds.eval_uri}", ds.label_field)
 
     tokenizer = None
     if task in TEXT_TASKS:

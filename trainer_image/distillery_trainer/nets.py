@@ -22,6 +22,7 @@ from torch import nn
 from distillery.api.job import Task
 from distillery_trainer.builtin import BuiltinNet, save_builtin
 from distillery_trainer.errors import InputError
+from distillery_trainer.tasks import for_task
 
 # Files a Hugging Face / sentence-transformers directory carries besides config and weights.
 _SIDECAR_FILES = (
@@ -97,6 +98,10 @@ class Net(nn.Module):
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def class_count(self) -> int | None:
+        """How many classes the head predicts (None without a classifier head)."""
+        return None
+
 
 # ----------------------------------------------------------------------------- Hugging Face
 
@@ -125,6 +130,7 @@ class HFNet(Net):
         super().__init__()
         self.model = model
         self.task = task
+        self.has_head = for_task(task).predicts_classes
         self.source_dir = source_dir
         self.pooling = pooling
         self.normalize = normalize
@@ -144,7 +150,7 @@ class HFNet(Net):
             raise InputError(f"{directory}: no *.safetensors weights (pickled .bin files are not loaded)")
         kwargs = {"attn_implementation": "eager", "use_safetensors": True}
         try:
-            if task == Task.SENTENCE_EMBEDDING:
+            if not for_task(task).predicts_classes:
                 model = AutoModel.from_pretrained(str(directory), **kwargs)
                 pooling, normalize = read_sentence_transformers_pooling(directory)
                 return cls(model, task, directory, pooling, normalize)
@@ -153,13 +159,19 @@ class HFNet(Net):
             if num_labels is not None and getattr(config, "num_labels", None) != num_labels:
                 extra = {"num_labels": num_labels, "ignore_mismatched_sizes": True}
             model = AutoModelForSequenceClassification.from_pretrained(str(directory), **kwargs, **extra)
-        except (OSError, ValueError, KeyError) as err:
-            raise InputError(f"{directory}: cannot load the Hugging Face model: {err}") from None
+        except MemoryError:
+            raise
+        except Exception as err:  # noqa: BLE001 - transformers raises many types on a bad directory
+            # The type only: transformers' messages can quote config values, which are the teacher's.
+            raise InputError(f"{directory}: cannot load the Hugging Face model ({type(err).__name__})") from None
         return cls(model, task, directory)
 
     def layer_list(self) -> nn.ModuleList:
         parent, attr = find_layer_list(self.model)
         return getattr(parent, attr)
+
+    def class_count(self) -> int | None:
+        return self.model.config.num_labels if self.has_head else None
 
     # Config fields that describe every layer (e.g. attention type per layer) follow the cut.
     _PER_LAYER_CONFIG = ("layer_types",)
@@ -192,7 +204,7 @@ class HFNet(Net):
         )
         hs = list(out.hidden_states)
         mask = batch["attention_mask"]
-        if self.task == Task.SENTENCE_EMBEDDING:
+        if not self.has_head:  # a sentence encoder: its pooled embedding is the answer
             pooled = self._pool(hs[-1], mask)
             return Outputs(None, pooled, hs if hidden_states else None)
         return Outputs(out.logits, masked_mean(hs[-1], mask), hs if hidden_states else None)
@@ -266,6 +278,9 @@ class BuiltinWrapper(Net):
 
     def layer_list(self) -> nn.ModuleList:
         return self.model.blocks
+
+    def class_count(self) -> int | None:
+        return self.model.config.num_classes
 
     def _set_layers(self, layers: nn.ModuleList, indices: list[int]) -> None:
         self.model.blocks = layers

@@ -77,6 +77,13 @@ class Progress:
         else:
             print(f"[distillery] {message}", file=sys.stderr, flush=True)
 
+    def interrupted(self) -> None:
+        """The run was stopped by a signal: progress.json says so (with the percent reached), so
+        nobody reading it waits for a stage that will not end."""
+        self.close_bar()
+        self.stage_name = "interrupted"
+        self._write(force=True)
+
     def finish(self) -> None:
         self.close_bar()
         self.stage_name, self.percent = "done", 100.0

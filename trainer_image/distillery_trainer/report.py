@@ -77,6 +77,8 @@ def metrics_document(result: TrainerResult) -> dict:
 
 
 def model_card(result: TrainerResult, job) -> str:
+    from distillery_trainer.tasks import for_task  # torch: only the trainer writes model cards
+
     spec = job.spec
     d = spec.distillation
     verdict = "accepted" if result.decision.accepted else "rejected"
@@ -94,7 +96,7 @@ Distilled by Distillery from `{result.teacher_uri}` ({spec.teacher.format.value}
   `{d.hidden_loss.type.value}`.
 - Data: train `{spec.dataset.train_uri}`, eval `{spec.dataset.eval_uri}`.
 
-## Measured (eval split; latency with onnxruntime on {result.hardware.value}, batch {spec.benchmark.batch_size}{", sequence " + str(spec.benchmark.sequence_length) if result.task.value in ("sequence-classification", "sentence-embedding") else ""})
+## Measured (eval split; latency with onnxruntime on {result.hardware.value}, batch {spec.benchmark.batch_size}{", sequence " + str(spec.benchmark.sequence_length) if for_task(result.task).text else ""})
 
 ```
 {table(result)}

@@ -11,7 +11,8 @@ from distillery_trainer.encode import Encoded
 from distillery_trainer.errors import InputError
 from distillery_trainer.loading import Inputs
 from distillery_trainer.nets import BuiltinWrapper, Net
-from distillery_trainer.teacher import TEXT_TASKS, TeacherSide, load_torch_model
+from distillery_trainer.tasks import for_task
+from distillery_trainer.teacher import TeacherSide, load_torch_model
 
 
 def student_source(job: DistillationJob, inputs: Inputs, teacher: TeacherSide, train_data: Encoded) -> Net:
@@ -23,7 +24,7 @@ def student_source(job: DistillationJob, inputs: Inputs, teacher: TeacherSide, t
     if spec.student.base is not None:
         return load_torch_model(inputs.base_path, spec.student.base.format, spec.teacher.task, num_labels)
     arch = spec.student.architecture
-    if spec.teacher.task in TEXT_TASKS:
+    if for_task(spec.teacher.task).text:
         raise InputError("student.architecture: built-in architectures are for array data; use student.base for text")
     if num_labels is None:
         raise InputError("student.architecture: needs labels to size the classifier head")

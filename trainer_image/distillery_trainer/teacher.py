@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from distillery.api.job import Task, TeacherFormat
 from distillery_trainer.builtin import load_builtin
@@ -15,38 +14,21 @@ from distillery_trainer.encode import Encoded
 from distillery_trainer.errors import InputError
 from distillery_trainer.nets import BuiltinWrapper, HFNet, Net
 from distillery_trainer.onnx_tools import require_provider
+from distillery_trainer.outputs import TeacherOutputs
+from distillery_trainer.tasks import TEXT_TASKS, for_task
 
-TEXT_TASKS = (Task.SEQUENCE_CLASSIFICATION, Task.SENTENCE_EMBEDDING)
-
-
-@dataclass
-class TeacherOutputs:
-    """What the student learns from: logits (classification) and a pooled vector per example."""
-
-    logits: torch.Tensor | None
-    pooled: torch.Tensor | None
-
-    def as_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        out = {}
-        if self.logits is not None:
-            out[f"{prefix}.logits"] = self.logits.contiguous()
-        if self.pooled is not None:
-            out[f"{prefix}.pooled"] = self.pooled.contiguous()
-        return out
-
-    @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str) -> TeacherOutputs:
-        return cls(tensors.get(f"{prefix}.logits"), tensors.get(f"{prefix}.pooled"))
+__all__ = ["TEXT_TASKS", "OnnxTeacher", "TeacherOutputs", "TeacherSide", "load_torch_model", "torch_outputs"]
 
 
 def load_torch_model(path: Path, fmt: TeacherFormat, task: Task, num_labels: int | None) -> Net:
     """A torch Net from a Hugging Face directory or a built-in model directory."""
+    text = for_task(task).text
     if fmt == TeacherFormat.HUGGINGFACE:
-        if task not in TEXT_TASKS:
+        if not text:
             raise InputError(f"teacher.format huggingface supports text tasks, not {task.value}")
         return HFNet.load(path, task, num_labels)
     if fmt == TeacherFormat.TORCH:
-        if task in TEXT_TASKS:
+        if text:
             raise InputError(f"teacher.format torch (built-in mlp/cnn) does not support {task.value}")
         return BuiltinWrapper(load_builtin(path), task)
     raise InputError(f"format {fmt.value} is not a torch model")
@@ -90,6 +72,7 @@ class OnnxTeacher:
         require_provider(self.session, providers, "the ONNX teacher")
         self.path = path
         self.task = task
+        self.strategy = for_task(task)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}
 
@@ -112,19 +95,11 @@ class OnnxTeacher:
         return feed
 
     def outputs(self, data: Encoded, batch_size: int) -> TeacherOutputs:
-        logits, pooled = [], []
+        parts = []
         for batch in data.batches(batch_size):
-            out = torch.from_numpy(np.asarray(self.session.run(None, self._feed(batch))[0])).float()
-            if self.task == Task.SENTENCE_EMBEDDING:
-                if out.dim() == 3:  # token states: mean-pool over the real tokens
-                    mask = batch["attention_mask"].unsqueeze(-1).float()
-                    out = (out * mask).sum(1) / mask.sum(1).clamp(min=1e-6)
-                pooled.append(F.normalize(out, dim=-1))
-            else:
-                if out.dim() != 2:
-                    raise InputError(f"teacher ONNX output has shape {tuple(out.shape)}; expected (batch, classes)")
-                logits.append(out)
-        return TeacherOutputs(torch.cat(logits) if logits else None, torch.cat(pooled) if pooled else None)
+            raw = torch.from_numpy(np.asarray(self.session.run(None, self._feed(batch))[0])).float()
+            parts.append(self.strategy.from_onnx_teacher(raw, batch))
+        return TeacherOutputs.concat(parts)
 
 
 @dataclass

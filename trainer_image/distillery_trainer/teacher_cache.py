@@ -1,24 +1,50 @@
-"""Where the teacher's outputs are cached, and the content key that says they are still valid.
+"""The teacher-output cache: where it lives, the content key, and how an entry is verified.
 
 The key hashes what the outputs depend on (the teacher's files and the encoded train and eval
 tensors), not the job spec, so jobs that only differ in the student or the healing recipe (a
 sweep over keepLayers, an edit of the student in the cluster) reuse one teacher pass.
+
+An entry is believed only after two checks (DESIGN: what is read back from a store is verified):
+its safetensors metadata carries the key and a sha256 of its tensors, which catches a damaged or
+misplaced file; and the teacher is run again on a few rows picked at random in this run and must
+agree with the entry, which catches an entry rewritten with a fresh hash by anyone who can write a
+shared cacheUri (they cannot know which rows will be checked).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
+import secrets
+import struct
 from pathlib import Path
 
 import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 from distillery.api.job import DistillationJobSpec
+from distillery.api.result import InputDigests
 from distillery.store import Store, open_store
 from distillery_trainer.encode import Encoded
+from distillery_trainer.outputs import TeacherOutputs
 
 # Bump when the cached file's layout or the way outputs are computed changes.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 DEFAULT_PREFIX = "cache/"
+# Rows of each split the teacher is re-run on to check an entry, and how close it must come:
+# per row, |cached - fresh| <= RTOL * |fresh| + ATOL * sqrt(width) (bf16 on a GPU stays well inside).
+SPOT_CHECK_ROWS = 8
+SPOT_CHECK_RTOL = 0.05
+SPOT_CHECK_ATOL = 1e-3
+
+
+class BadCacheEntry(ValueError):
+    """A cache entry that is not believed; the message says why, without any data values."""
+
+
+# ----------------------------------------------------------------------------- keys and digests
 
 
 def file_tree_digest(path: Path) -> str:
@@ -33,12 +59,9 @@ def file_tree_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def encoded_digest(data: Encoded) -> str:
-    """sha256 over the encoded tensors (names, dtypes, shapes, values) and the labels."""
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over named tensors: names, dtypes, shapes and values."""
     digest = hashlib.sha256()
-    tensors = dict(data.tensors)
-    if data.labels is not None:
-        tensors["__labels__"] = data.labels
     for name in sorted(tensors):
         tensor = tensors[name].detach().cpu().contiguous()
         digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
@@ -46,10 +69,27 @@ def encoded_digest(data: Encoded) -> str:
     return digest.hexdigest()
 
 
-def content_key(spec: DistillationJobSpec, teacher_path: Path, train: Encoded, evals: Encoded) -> str:
+def encoded_digest(data: Encoded) -> str:
+    """sha256 over the encoded tensors (names, dtypes, shapes, values) and the labels."""
+    tensors = dict(data.tensors)
+    if data.labels is not None:
+        tensors["__labels__"] = data.labels
+    return tensors_digest(tensors)
+
+
+def input_digests(teacher_path: Path, train: Encoded, evals: Encoded, base_path: Path | None) -> InputDigests:
+    return InputDigests(teacher=file_tree_digest(teacher_path), train=encoded_digest(train),
+                        eval=encoded_digest(evals), base=None if base_path is None else file_tree_digest(base_path))
+
+
+def key_for(spec: DistillationJobSpec, digests: InputDigests) -> str:
     parts = [str(CACHE_FORMAT), spec.teacher.format.value, spec.teacher.task.value,
-             file_tree_digest(teacher_path), encoded_digest(train), encoded_digest(evals)]
+             digests.teacher, digests.train, digests.eval]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def content_key(spec: DistillationJobSpec, teacher_path: Path, train: Encoded, evals: Encoded) -> str:
+    return key_for(spec, input_digests(teacher_path, train, evals, None))
 
 
 def cache_location(spec: DistillationJobSpec, output_store: Store) -> tuple[Store, str]:
@@ -62,3 +102,80 @@ def cache_location(spec: DistillationJobSpec, output_store: Store) -> tuple[Stor
 
 def entry_key(prefix: str, key: str) -> str:
     return f"{prefix}teacher-outputs-{key}.safetensors"
+
+
+# ----------------------------------------------------------------------------- entries
+
+
+def encode_entry(key: str, train: TeacherOutputs, evals: TeacherOutputs) -> bytes:
+    tensors = {**train.as_tensors("train"), **evals.as_tensors("eval")}
+    metadata = {"format": str(CACHE_FORMAT), "key": key, "sha256": tensors_digest(tensors)}
+    return save_safetensors(tensors, metadata=metadata)
+
+
+def _metadata(data: bytes) -> dict:
+    """The __metadata__ of a safetensors blob (an 8-byte little-endian length, then JSON)."""
+    if len(data) < 8:
+        raise BadCacheEntry("too short to be a safetensors file")
+    (length,) = struct.unpack("<Q", data[:8])
+    if length > len(data) - 8:
+        raise BadCacheEntry("its header is truncated")
+    try:
+        header = json.loads(data[8:8 + length])
+    except (ValueError, UnicodeDecodeError):
+        raise BadCacheEntry("its header is not JSON") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def decode_entry(data: bytes, key: str, train_rows: int, eval_rows: int) -> tuple[TeacherOutputs, TeacherOutputs]:
+    """The (train, eval) outputs of an entry, after checking its key, its hash, its row counts and
+    that every value is finite. Raises BadCacheEntry."""
+    meta = _metadata(data)
+    if meta.get("format") != str(CACHE_FORMAT) or meta.get("key") != key:
+        raise BadCacheEntry("it was written for another format or key")
+    try:
+        tensors = load_safetensors(data)
+    except Exception:  # noqa: BLE001 - safetensors raises its own error types
+        raise BadCacheEntry("it is not a readable safetensors file") from None
+    if meta.get("sha256") != tensors_digest(tensors):
+        raise BadCacheEntry("its content hash does not match its tensors")
+    train, evals = TeacherOutputs.from_tensors(tensors, "train"), TeacherOutputs.from_tensors(tensors, "eval")
+    for name, outputs, rows in (("train", train, train_rows), ("eval", evals, eval_rows)):
+        for tensor in (outputs.logits, outputs.pooled):
+            if tensor is not None and (tensor.dim() != 2 or tensor.shape[0] != rows or not tensor.is_floating_point()):
+                raise BadCacheEntry(f"its {name} outputs do not have one row per {name} example")
+        if outputs.logits is None and outputs.pooled is None:
+            raise BadCacheEntry(f"it has no {name} outputs")
+        if outputs.first_non_finite_row() is not None:
+            raise BadCacheEntry(f"its {name} outputs are not finite")
+    return train, evals
+
+
+# ----------------------------------------------------------------------------- spot check
+
+
+def sample_rows(n: int, k: int = SPOT_CHECK_ROWS) -> torch.Tensor:
+    """k distinct row numbers in 0..n-1, unpredictable to whoever wrote the entry."""
+    generator = torch.Generator().manual_seed(secrets.randbits(63))
+    return torch.randperm(n, generator=generator)[:k].sort().values
+
+
+def subset(data: Encoded, index: torch.Tensor) -> Encoded:
+    return Encoded({k: v[index] for k, v in data.tensors.items()},
+                   None if data.labels is None else data.labels[index])
+
+
+def rows_agree(cached: torch.Tensor | None, fresh: torch.Tensor | None) -> bool:
+    if cached is None or fresh is None:
+        return cached is None and fresh is None
+    if cached.shape != fresh.shape:
+        return False
+    cached, fresh = cached.float().flatten(1), fresh.float().flatten(1)
+    distance = (cached - fresh).norm(dim=1)
+    allowed = SPOT_CHECK_RTOL * fresh.norm(dim=1) + SPOT_CHECK_ATOL * math.sqrt(fresh.shape[1])
+    return bool((distance <= allowed).all())
+
+
+def outputs_agree(cached: TeacherOutputs, fresh: TeacherOutputs) -> bool:
+    return rows_agree(cached.logits, fresh.logits) and rows_agree(cached.pooled, fresh.pooled)

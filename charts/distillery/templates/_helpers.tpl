@@ -116,7 +116,10 @@ under distillery.io/ and its finalizer; results go to the /status subresource).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list"]
-# The store credentials, read by name from the Secret a job references. Never listed.
+# Secrets only by name (get), never listed or watched: the operator reads the Secret a job
+# references to see its opt-in label (distillery.io/usable-by-jobs) and, with its store
+# credentials, to read the trainer's progress.json and result.json. RBAC has no metadata-only
+# read of Secrets, and the names differ per job, so get without resourceNames is the narrowest.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]

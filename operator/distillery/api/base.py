@@ -56,3 +56,13 @@ class ObjectRef(ApiModel):
 
     name: str = Field(min_length=1)
     namespace: str | None = None
+
+
+# A non-negative Kubernetes resource quantity (k8s.io/apimachinery resource.Quantity's grammar,
+# as Kubernetes' own CRDs write it, without the sign: a request is never negative). The same
+# text is the CRD's `pattern` and the pydantic check, so the API server and `distillery run`
+# agree on every value; it uses only syntax RE2 (Go) and Rust's regex share.
+QUANTITY_PATTERN = (
+    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from distillery.api.base import API_VERSION, ApiModel, Condition, cel, crd_extra
+from distillery.api.base import (
+    API_VERSION,
+    QUANTITY_PATTERN,
+    ApiModel,
+    Condition,
+    cel,
+    crd_extra,
+)
 
 # ----------------------------------------------------------------------------- enums
 
@@ -63,6 +72,17 @@ class Hardware(StrEnum):
 class ExportFormat(StrEnum):
     ONNX = "onnx"
     SAFETENSORS = "safetensors"
+
+
+class TolerationOperator(StrEnum):
+    EQUAL = "Equal"
+    EXISTS = "Exists"
+
+
+class TaintEffect(StrEnum):
+    NO_SCHEDULE = "NoSchedule"
+    PREFER_NO_SCHEDULE = "PreferNoSchedule"
+    NO_EXECUTE = "NoExecute"
 
 
 class Phase(StrEnum):
@@ -151,7 +171,10 @@ class Student(ApiModel):
     importance_metric: ImportanceMetric = ImportanceMetric.ABLATION
     keep_layers: int | None = Field(default=None, ge=1, description="number of layers to keep")
     keep_ratio: float | None = Field(default=None, gt=0, le=1, description="fraction of layers to keep")
-    layers: list[int] | None = Field(default=None, max_length=1024, description="explicit 0-based layer indices")
+    # A set in the CRD too, so the API server refuses duplicates rather than the operator later.
+    layers: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None, max_length=1024, description="explicit 0-based layer indices",
+        json_schema_extra={"x-kubernetes-list-type": "set"})
     weight_range: WeightRange | None = None
     calibration_batches: int = Field(default=8, ge=1, le=1000)
     base: StudentBase | None = None
@@ -269,20 +292,67 @@ class Output(ApiModel):
 
 
 class Toleration(ApiModel):
-    key: str | None = None
-    operator: str | None = None
-    value: str | None = None
-    effect: str | None = None
+    """A pod toleration, checked at apply time as the API server would check a pod's."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": crd_extra(
+            cel(
+                "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+                "a toleration without a key needs operator Exists",
+            ),
+            cel(
+                "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                "a toleration with operator Exists takes no value",
+            ),
+            cel(
+                "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                "tolerationSeconds needs effect NoExecute",
+            ),
+        )
+    }
+
+    key: str | None = Field(default=None, max_length=317)
+    operator: TolerationOperator | None = Field(default=None, description="Equal (the default) or Exists")
+    value: str | None = Field(default=None, max_length=63)
+    effect: TaintEffect | None = Field(default=None, description="empty: every effect")
     toleration_seconds: int | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Toleration:
+        if not self.key and self.operator != TolerationOperator.EXISTS:
+            raise ValueError("a toleration without a key needs operator Exists")
+        if self.operator == TolerationOperator.EXISTS and self.value:
+            raise ValueError("a toleration with operator Exists takes no value")
+        if self.toleration_seconds is not None and self.effect != TaintEffect.NO_EXECUTE:
+            raise ValueError("tolerationSeconds needs effect NoExecute")
+        return self
+
+
+_QUANTITY_EXAMPLES = {"cpu": "e.g. 2, 1.5 or 500m", "memory": "e.g. 8Gi, 512Mi or 1G"}
+
+
+def _quantity_field(what: str, examples: str) -> Any:
+    """An optional Kubernetes quantity: the CRD carries the grammar as a pattern, pydantic checks
+    the same grammar in Resources._quantities (with a message that names the field only)."""
+    return Field(default=None, max_length=64, description=f"{what}, a Kubernetes quantity ({examples})",
+                 json_schema_extra={"pattern": QUANTITY_PATTERN})
 
 
 class Resources(ApiModel):
     gpus: int = Field(default=0, ge=0, le=64)
-    cpu: str | None = Field(default=None, description="CPU request and limit, e.g. '2'")
-    memory: str | None = Field(default=None, description="memory request and limit, e.g. 8Gi")
-    node_selector: dict[str, str] | None = None
-    tolerations: list[Toleration] | None = None
+    cpu: str | None = _quantity_field("CPU request and limit", _QUANTITY_EXAMPLES["cpu"])
+    memory: str | None = _quantity_field("memory request and limit", _QUANTITY_EXAMPLES["memory"])
+    # Bounded so the API server can bound the cost of the tolerations' CEL rules.
+    node_selector: dict[str, str] | None = Field(default=None, max_length=64)
+    tolerations: list[Toleration] | None = Field(default=None, max_length=64)
     deadline_seconds: int | None = Field(default=None, ge=1)
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantities(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not re.fullmatch(QUANTITY_PATTERN, value):
+            raise ValueError(f"must be a Kubernetes quantity ({_QUANTITY_EXAMPLES[info.field_name]})")
+        return value
 
 
 class DistillationJobSpec(ApiModel):

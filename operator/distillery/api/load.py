@@ -46,15 +46,55 @@ def load_job(document: dict[str, Any]) -> DistillationJob:
         raise SpecError(f"invalid DistillationJob: {describe_validation_error(err)}") from None
 
 
+# A job document is a few KiB; a file far larger is not one (and would only cost memory to parse).
+MAX_DOCUMENT_BYTES = 1 << 20
+
+
+def _parse_documents(text: str, where: str) -> list:
+    try:
+        return [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "cannot be parsed"
+        raise SpecError(f"{where}:{line} not valid YAML ({problem})") from None
+    except RecursionError:
+        raise SpecError(f"{where}: not valid YAML (nested too deeply)") from None
+
+
+def load_job_text(text: str, where: str) -> DistillationJob:
+    """A job from YAML or JSON text (e.g. an environment variable); `where` names the source."""
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise SpecError(f"{where}: larger than {MAX_DOCUMENT_BYTES} bytes")
+    docs = _parse_documents(text, where)
+    if len(docs) != 1:
+        raise SpecError(f"{where}: expected one DistillationJob document, found {len(docs)}")
+    try:
+        return load_job(docs[0])
+    except RecursionError:
+        raise SpecError(f"{where}: nested too deeply") from None
+
+
 def load_job_file(path: str | Path) -> DistillationJob:
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise SpecError(f"job file not found: {path}")
     try:
-        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML: {err}") from None
+        raw = path.read_bytes()
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read ({err.strerror or err})") from None
+    if len(raw) > MAX_DOCUMENT_BYTES:
+        raise SpecError(f"{path}: larger than {MAX_DOCUMENT_BYTES} bytes; not a job file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise SpecError(f"{path}: line {line}: not valid UTF-8") from None
+    docs = _parse_documents(text, str(path))
     jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "DistillationJob"]
     if len(jobs) != 1:
         raise SpecError(f"{path}: expected exactly one DistillationJob document, found {len(jobs)}")
-    return load_job(jobs[0])
+    try:
+        return load_job(jobs[0])
+    except RecursionError:
+        raise SpecError(f"{path}: nested too deeply") from None

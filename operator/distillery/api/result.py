@@ -6,8 +6,10 @@ The operator reads these; keeping the model here (no torch) lets both sides shar
 from __future__ import annotations
 
 import json
+import math
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from distillery.api.base import ApiModel
 from distillery.api.job import Artifacts, Decision, Hardware, ModelMetrics, Task
@@ -32,6 +34,27 @@ class TrainingSummary(ApiModel):
     resumed_from_step: int | None = None
 
 
+class InputDigests(ApiModel):
+    """sha256 of what the run consumed: the teacher's files and the encoded train and eval data
+    (tokens or features, and labels). A stored result is reused only when these still match."""
+
+    teacher: str = Field(min_length=16)
+    train: str = Field(min_length=16)
+    eval: str = Field(min_length=16)
+    base: str | None = Field(default=None, description="student.base's files, when one is given")
+
+
+def non_finite_paths(value: Any, where: str = "") -> list[str]:
+    """Dotted paths of every NaN or infinite float in a dumped model or parsed JSON document."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [where or "(top level)"]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in non_finite_paths(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(value, list | tuple):
+        return [p for i, v in enumerate(value) for p in non_finite_paths(v, f"{where}[{i}]")]
+    return []
+
+
 class TrainerResult(ApiModel):
     job: str
     task: Task
@@ -53,8 +76,21 @@ class TrainerResult(ApiModel):
     artifacts: Artifacts
     training: TrainingSummary | None = None
     onnx_max_abs_diff: float | None = None
+    inputs: InputDigests | None = Field(default=None, description="digests of the teacher and the data used")
     start_time: str
     completion_time: str
+
+    @model_validator(mode="after")
+    def _numbers_are_finite(self) -> TrainerResult:
+        # A NaN accuracy compares False with every target, so it must never reach a verdict.
+        bad = non_finite_paths(self.model_dump(by_alias=True, mode="python"))
+        if bad:
+            raise ValueError(f"non-finite numbers in {', '.join(bad[:5])}")
+        return self
+
+    def to_json(self) -> str:
+        """result.json's text: strict JSON (no NaN or Infinity tokens), camelCase keys."""
+        return json.dumps(self.to_wire(), indent=2, allow_nan=False) + "\n"
 
     @property
     def exit_code(self) -> int:

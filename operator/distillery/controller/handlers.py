@@ -1,415 +1,398 @@
-"""kopf handlers: DistillationJob -> trainer Job -> status, and the StudentModel frontier.
+"""kopf wiring: observe a DistillationJob, decide (decide.py, pure), execute the actions.
 
 Rules kept here: the spec is never written (all we learn goes to status), handlers return
 nothing, every step is idempotent (deterministic names, 409 is success), and everything is
 recomputed from the cluster's state after a restart.
 
-What the operator reads comes from watches where it can: kopf indexes hold the StudentModels of
-each frontier group and the trainer Jobs (kopf fills them from a LIST before any handler runs, so
-a restart starts from the cluster's state), instead of a LIST per finished job and a GET per poll.
+All handlers are coroutines: they run in kopf's event loop, the only place where kopf's indexes
+are consistent, and hand blocking work to threads (Kubernetes calls to the context's API pool, store
+reads via the context's StoreIO, frontier passes via its Debouncer, fed snapshots). Shared state
+lives in one OperatorContext, passed as kopf's memo; `register()` puts the handlers in a registry.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import contextlib
 import logging
-import threading
 import time
-from datetime import datetime
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from distillery.api.base import GROUP, VERSION
-from distillery.api.job import DistillationJob
-from distillery.api.result import PROGRESS_KEY, RESULT_KEY, TrainerResult
-from distillery.controller import metrics, naming, registry
-from distillery.controller import status as st
-from distillery.controller.debounce import Debouncer
-from distillery.controller.kube import Kube, load_config, termination_message
-from distillery.controller.settings import Settings
-from distillery.controller.trainer_job import build_trainer_job, for_generation, watched_view
-from distillery.fingerprint import spec_hash
-from distillery.store import StoreError, open_store
+from distillery.api.load import SpecError
+from distillery.api.result import PROGRESS_KEY, RESULT_KEY
+from distillery.controller import decide, metrics, naming, registry
+from distillery.controller.context import OperatorContext, read_json_document
+from distillery.controller.decide import (
+    CreateJob,
+    DeleteJob,
+    Event,
+    ForgetStore,
+    Observed,
+    PatchStatus,
+    ReadStore,
+    RegisterStudent,
+    Retry,
+    SecretSeen,
+)
+from distillery.controller.trainer_job import for_generation, watched_view
+from distillery.store import StoreError
+
+log = logging.getLogger(__name__)
 
 JOBS = "distillationjobs"
 STUDENTS = "studentmodels"
-FINAL = ("Succeeded", "Failed")
-
-SETTINGS = Settings.from_env()
-WATCHED_NAMESPACES: list[str] = []  # set by controller.main before kopf starts; empty: all
-_STOP = threading.Event()
-_kube: Kube | None = None
-_frontier: Debouncer | None = None  # recomputes frontier groups, set up at startup
-_gone: frozenset[str] = frozenset()  # StudentModel uids the index holds but the last resync LIST lacked
+# How long a tick waits for the store read it just started: a healthy store answers well within
+# it (so a finished job is recorded on the same tick), a hanging one costs the tick only this.
+STORE_WAIT_S = 1.0
 
 
-def kube() -> Kube:
-    global _kube
-    if _kube is None:
-        load_config()
-        _kube = Kube()
-    return _kube
+# ----------------------------------------------------------------------------- startup
 
 
-@kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_) -> None:
-    prefix = SETTINGS.annotation_prefix
+async def configure(settings: kopf.OperatorSettings, memo: OperatorContext, **_) -> None:
+    prefix = memo.settings.annotation_prefix
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=prefix, key="last-handled-configuration")
-    settings.persistence.finalizer = SETTINGS.finalizer
+    settings.persistence.finalizer = memo.settings.finalizer
     settings.posting.level = logging.WARNING  # our own events carry the milestones
     settings.watching.server_timeout = 120
-    kube()
-    metrics.serve(SETTINGS.metrics_port)
+    metrics.serve(memo.settings.metrics_port)
+
+
+async def start_frontier(memo: OperatorContext, students_by_group, **_) -> None:
+    # Startup handlers get the (still empty) index objects that kopf then keeps filling.
+    memo.frontier.start("frontier")
+    memo.tasks.append(asyncio.create_task(resync_loop(memo, students_by_group), name="frontier-resync"))
+
+
+async def stop_frontier(memo: OperatorContext, **_) -> None:
+    for task in memo.tasks:
+        task.cancel()
+    memo.frontier.stop()
+    memo.store_io.shutdown()
+    memo.api_pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------- indexes
 
 
-# Both are async: they are pure and quick, so they run in kopf's event loop, not its thread pool.
-@kopf.index(GROUP, VERSION, STUDENTS, id="students_by_group")
 async def students_by_group(body, namespace, labels, **_):
     """StudentModels by (namespace, frontier group), as much of each as the frontier needs."""
     group = labels.get(naming.LABEL_GROUP_KEY)
     return {(namespace, group): registry.indexed(body)} if group else {}  # {}: drop a removed label's entry
 
 
-@kopf.index("batch", "v1", "jobs", id="trainer_jobs",
-            labels={naming.LABEL_MANAGED_BY: naming.MANAGER, naming.LABEL_JOB: kopf.PRESENT})
 async def trainer_jobs(body, namespace, name, **_):
     """Trainer Jobs by (namespace, name), as much of each as following it needs."""
     return {(namespace, name): watched_view(body)}
 
 
-def _copied(read):
-    """read() retried until it completes. kopf changes its indexes in the event loop while
-    handlers and the frontier thread read them, so an iteration that raced a change is redone."""
-    for _ in range(100):
+def group_snapshot(index, key: tuple[str, str], gone: set[str], heal: bool = False) -> tuple[list[Mapping], bool]:
+    """A copy of one group's live models (and whether the pass heals). Call it in the event loop
+    only (kopf changes its indexes there, so nothing changes them while this runs)."""
+    return registry.live(list(index.get(key, ())), gone), heal
+
+
+# ----------------------------------------------------------------------------- observing
+
+
+def observed(body, meta, status) -> Observed:
+    return Observed(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"],
+                    generation=meta["generation"],
+                    body={"apiVersion": body["apiVersion"], "kind": body["kind"], "spec": dict(body["spec"])},
+                    status=dict(status or {}))
+
+
+async def start_actions(ctx: OperatorContext, obs: Observed, retry: int) -> list:
+    """decide_start with what it needs: the job's Secret (metadata only is used) and its other
+    generations' trainer Jobs."""
+    if decide.finished_generation(obs):
+        return []
+    secret, others = None, []
+    try:
+        job = decide.parse_job(obs)
+    except SpecError:
+        job = None
+    if job is not None:
+        name = decide.secret_name(job, ctx.settings)
+        if name:
+            found = await ctx.api(ctx.kube.read_secret, obs.namespace, name)
+            secret = SecretSeen(name, found[0] if found else None)
+        if obs.generation > 1:  # the first generation has no older Jobs (a recreated job has a new uid)
+            listed = await ctx.api(ctx.kube.list_jobs, obs.namespace, f"{naming.LABEL_JOB}={obs.name}")
+            others = [j["metadata"]["name"] for j in listed
+                      if (j["metadata"].get("labels") or {}).get(naming.LABEL_GENERATION) != str(obs.generation)]
+    return decide.decide_start(obs, ctx.settings, secret, others, retry)
+
+
+async def observe_trainer(ctx: OperatorContext, namespace: str, name: str, index) -> dict | None:
+    """The trainer Job as the watch last saw it; from a GET when the index has no single entry for
+    it (the watch may lag a Job just created, and a missing Job gets recreated, so its absence is
+    confirmed first), and once per trainer_recheck_s (a DELETED event lost while the watch
+    reconnected would leave a stale entry behind)."""
+    seen = list(index.get((namespace, name), ()))  # in the event loop: a consistent copy
+    key, now = (namespace, name), time.monotonic()
+    if len(seen) == 1 and now - ctx.trainer_checked.setdefault(key, now) < ctx.settings.trainer_recheck_s:
+        return seen[0]
+    ctx.trainer_checked[key] = now
+    return await ctx.api(ctx.kube.read_job, namespace, name)
+
+
+# ----------------------------------------------------------------------------- executing
+
+
+def _api_trouble(err: ApiException, what: str) -> kopf.TemporaryError:
+    return kopf.TemporaryError(f"{what}: the API server answered {err.status} {err.reason}", delay=10)
+
+
+async def execute(ctx: OperatorContext, obs: Observed, body, patch, actions: list) -> None:
+    """Run the actions: cluster writes first, then the status (kopf patches it after the handler,
+    also when the handler raises, so a status never claims a write that failed), then Events."""
+    for action in actions:
         try:
-            return read()
-        except RuntimeError:  # "changed size during iteration"
-            continue
-    return read()
+            if isinstance(action, CreateJob):
+                # No Event: the Succeeded condition (reason TrainerJobCreated) and status.trainerJob
+                # say it, and an Event per job would be one more write at every scale.
+                if await ctx.api(ctx.kube.create_job, action.manifest):
+                    log.info("created trainer Job %s", action.manifest["metadata"]["name"])
+            elif isinstance(action, DeleteJob):
+                await ctx.api(ctx.kube.delete_job, obs.namespace, action.name)
+                log.info("deleted trainer Job %s of another generation", action.name)
+            elif isinstance(action, RegisterStudent):
+                await ctx.api(ctx.kube.create_student_model, action.body)
+        except ApiException as err:
+            if err.status in (400, 422) and isinstance(action, CreateJob):
+                reason, message = "TrainerJobRejected", f"the API server refused the trainer Job: {err.reason}"
+                patch.status.update(decide.fail(obs, reason, message)[0].patch.to_wire())
+                raise kopf.PermanentError(message) from None
+            raise _api_trouble(err, type(action).__name__) from None
+    retry = None
+    for action in actions:
+        if isinstance(action, PatchStatus):
+            wire = action.patch.to_wire()
+            patch.status.update(wire)
+            phase = action.patch.phase
+            if phase:
+                metrics.set_phase(f"{obs.namespace}/{obs.name}", phase)
+            if phase in decide.FINAL:
+                ctx.finished[obs.uid] = obs.generation
+                ctx.progress_written.pop(obs.uid, None)
+            elif phase == "Running":
+                ctx.progress_written[obs.uid] = (obs.generation, wire.get("progress"))
+            if phase == "Succeeded":
+                metrics.STUDENTS.labels("accepted" if action.patch.status.accepted else "rejected").inc()
+            elif phase == "Failed":
+                metrics.STUDENTS.labels("failed").inc()
+        elif isinstance(action, Event):
+            # Not kopf.info: posting.level keeps handler logs out of Events.
+            kopf.event(body, type="Warning" if action.warning else "Normal", reason=action.reason,
+                       message=action.message)
+        elif isinstance(action, ForgetStore):
+            forget_job(ctx, obs.uid, obs.namespace, obs.body)
+        elif isinstance(action, Retry):
+            retry = action
+    if retry is not None:
+        raise kopf.TemporaryError(retry.message, delay=retry.delay)
 
 
-def entries(index, key) -> list[dict]:
-    """A copy of one key's values."""
-    return _copied(lambda: list(index.get(key, ())))
+def forget_job(ctx: OperatorContext, uid: str, namespace: str, body: Mapping | None = None,
+               deleted: bool = False) -> None:
+    """Drop what was kept for a job's store (it finished or is gone); all of it once it is deleted."""
+    ctx.store_io.forget(lambda job: job[0] == uid)
+    if deleted:
+        ctx.finished.pop(uid, None)
+        ctx.progress_written.pop(uid, None)
+    trainer = ((body or {}).get("status") or {}).get("trainerJob")
+    if trainer:
+        ctx.trainer_checked.pop((namespace, trainer), None)
 
 
-def keys(index) -> list:
-    return _copied(lambda: list(index))
+def submit_read(ctx: OperatorContext, obs: Observed, kind: str):
+    """Start a store read for this generation (None when one of its reads is in flight)."""
+    job = for_generation(decide.parse_job(obs), obs.generation)
 
+    def read(store):
+        if kind == decide.RESULT:
+            return read_json_document(store, RESULT_KEY)
+        try:
+            return read_json_document(store, PROGRESS_KEY)
+        except StoreError as err:
+            if str(err).startswith("not found"):
+                return None  # the trainer has not written any yet
+            raise
 
-# ----------------------------------------------------------------------------- helpers
-
-
-def parse_job(body) -> DistillationJob:
-    meta = body["metadata"]
-    return DistillationJob.model_validate({
-        "apiVersion": body["apiVersion"], "kind": body["kind"],
-        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "generation": meta.get("generation")},
-        "spec": dict(body["spec"]),
-    })
-
-
-def credentials(job: DistillationJob) -> dict[str, str] | None:
-    """The store credentials from the job's Secret (None when the job names none)."""
-    name = job.spec.output.credentials_secret or SETTINGS.default_credentials_secret
-    if not name:
-        return None
-    data = kube().secret_data(job.metadata.namespace, name)
-    if data is None:
-        raise LookupError(f"Secret {name!r} not found in namespace {job.metadata.namespace!r}")
-    return data
-
-
-def job_store(job: DistillationJob):
-    creds = credentials(job) or {}
-    return open_store(job.spec.output.uri, endpoint=job.spec.output.endpoint or SETTINGS.default_endpoint,
-                      region=job.spec.output.region,
-                      credentials={k: creds[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                                         "AWS_SESSION_TOKEN") if k in creds} or None)
-
-
-def milestone(body, reason: str, message: str) -> None:
-    """A Normal Event. kopf.info would be filtered by posting.level, which keeps handler logs out."""
-    kopf.event(body, type="Normal", reason=reason, message=message)
-
-
-def apply_status(patch, body, values: dict) -> None:
-    patch.status.update(values)
-    if "phase" in values:
-        metrics.set_phase(f"{body['metadata']['namespace']}/{body['metadata']['name']}", values["phase"])
-
-
-def job_condition(job: dict, type_: str) -> dict | None:
-    for c in (job.get("status") or {}).get("conditions") or []:
-        if c.get("type") == type_ and c.get("status") == "True":
-            return c
-    return None
+    return ctx.store_io.submit((obs.uid, obs.generation), kind, lambda: ctx.open_job_store(job), read)
 
 
 # ----------------------------------------------------------------------------- DistillationJob
 
 
-@kopf.on.resume(GROUP, VERSION, JOBS)
-@kopf.on.create(GROUP, VERSION, JOBS)
-@kopf.on.update(GROUP, VERSION, JOBS, field="spec")
-def reconcile(body, meta, status, patch, logger, **_) -> None:
+async def reconcile(body, meta, status, patch, retry, memo: OperatorContext, **_) -> None:
     with metrics.observed("reconcile"):
-        start_generation(body, meta, status, patch, logger)
-
-
-def waiting_for_secret(status) -> bool:
-    return status.get("phase") == "Failed" and any(
-        c.get("type") == st.SUCCEEDED and c.get("reason") == "SecretMissing" for c in status.get("conditions") or [])
-
-
-def start_generation(body, meta, status, patch, logger) -> None:
-    """Make sure the current generation has its trainer Job, and older ones do not."""
-    generation = meta["generation"]
-    if (status.get("observedGeneration") == generation and status.get("phase") in FINAL
-            and not waiting_for_secret(status)):
-        return  # already finished (e.g. resumed after an operator restart)
-    previous = status.get("conditions")
-    try:
-        job = parse_job(body)
-    except ValueError as err:
-        apply_status(patch, body, st.failed(generation, "InvalidSpec", str(err), previous))
-        kopf.warn(body, reason="InvalidSpec", message=str(err)[:1000])
-        return
-    try:
-        credentials(job)
-    except LookupError as err:
-        apply_status(patch, body, st.failed(generation, "SecretMissing", str(err), previous))
-        kopf.warn(body, reason="SecretMissing", message=str(err))
-        return
-
-    namespace, name = meta["namespace"], meta["name"]
-    for old in kube().list_jobs(namespace, f"{naming.LABEL_JOB}={name}"):
-        if old["metadata"]["labels"].get(naming.LABEL_GENERATION) != str(generation):
-            kube().delete_job(namespace, old["metadata"]["name"])
-            logger.info("deleted trainer Job %s of an older generation", old["metadata"]["name"])
-
-    manifest = build_trainer_job(job, meta["uid"], generation, SETTINGS)
-    trainer = manifest["metadata"]["name"]
-    if kube().create_job(manifest):
-        milestone(body, reason="TrainerJobCreated", message=f"created trainer Job {trainer} for generation {generation}")
-    if (status.get("observedGeneration") != generation or status.get("trainerJob") != trainer
-            or waiting_for_secret(status)):
-        apply_status(patch, body, st.started(generation, trainer, previous, bool(job.spec.queue_name)))
+        obs = observed(body, meta, status)
+        await execute(memo, obs, body, patch, await start_actions(memo, obs, retry))
 
 
 def needs_following(status, meta, **_) -> bool:
     """Timers follow a started generation; starting one is the create/update/resume handlers'
     job (kopf retries those), so a timer never races them to create the same Job."""
-    if waiting_for_secret(status):  # the Secret may appear later
-        return True
-    return status.get("observedGeneration") == meta.get("generation") and status.get("phase") not in FINAL
+    return (status.get("observedGeneration") == meta.get("generation") and bool(status.get("trainerJob"))
+            and status.get("phase") not in decide.FINAL)
 
 
-@kopf.timer(GROUP, VERSION, JOBS, interval=SETTINGS.poll_interval_s, when=needs_following)
-def follow(body, meta, status, patch, logger, memo, trainer_jobs, students_by_group, **_) -> None:
+async def follow(body, meta, status, patch, memo: OperatorContext, trainer_jobs, students_by_group, **_) -> None:
     with metrics.observed("follow"):
-        follow_trainer(body, meta, status, patch, logger, memo, trainer_jobs, students_by_group)
+        await follow_trainer(memo, observed(body, meta, status), body, patch, trainer_jobs, students_by_group)
 
 
-def observed_job(namespace: str, name: str, index, memo) -> dict | None:
-    """The trainer Job as the watch last saw it; from a GET when the index has no single entry for
-    it (the watch may lag a Job just created, and a missing Job gets recreated, so its absence is
-    confirmed first), and once per trainer_recheck_s (a DELETED event lost while the watch
-    reconnected would leave a stale entry behind)."""
-    seen = entries(index, (namespace, name))
-    checked = memo.setdefault("trainer_checked", {})  # per DistillationJob, in memory only
-    now = time.monotonic()
-    if len(seen) == 1 and now - checked.setdefault(name, now) < SETTINGS.trainer_recheck_s:
-        return seen[0]
-    checked[name] = now
-    return kube().read_job(namespace, name)
-
-
-def follow_trainer(body, meta, status, patch, logger, memo, jobs_index, students_index) -> None:
-    generation = meta["generation"]
-    if waiting_for_secret(status):
-        start_generation(body, meta, status, patch, logger)
+async def follow_trainer(ctx: OperatorContext, obs: Observed, body, patch, jobs_index, students_index) -> None:
+    if ctx.finished.get(obs.uid) == obs.generation:
+        return  # finished by an earlier tick; the watch has not brought that status back yet
+    name = obs.status.get("trainerJob")
+    trainer = await observe_trainer(ctx, obs.namespace, name, jobs_index)
+    if trainer is None:  # deleted behind our back: run this generation again
+        again = replace(obs, status={**obs.status, "observedGeneration": None})
+        await execute(ctx, obs, body, patch, await start_actions(ctx, again, 0))
         return
-    namespace, trainer = meta["namespace"], status.get("trainerJob")
-    if not trainer:
-        return
-    k8s_job = observed_job(namespace, trainer, jobs_index, memo)
-    if k8s_job is None:  # deleted behind our back: run this generation again
-        start_generation(body, meta, {**status, "observedGeneration": None}, patch, logger)
-        return
-    job = for_generation(parse_job(body), generation)
-    if job_condition(k8s_job, "Complete"):
-        finish(body, job, meta, status, patch, logger, students_index)
-    elif job_condition(k8s_job, "Failed"):
-        fail(body, meta, status, patch, k8s_job)
-    elif (k8s_job.get("spec") or {}).get("suspend"):
-        return  # queued (Kueue admits it by unsuspending): stays Pending
-    else:
-        progress = read_progress(job)
-        if status.get("phase") != "Running" or (progress and progress != status.get("progress")):
-            apply_status(patch, body, st.running(generation, progress, status.get("conditions")))
-
-
-def read_progress(job: DistillationJob) -> dict | None:
     try:
-        raw = job_store(job).read_json(PROGRESS_KEY)
-    except (StoreError, LookupError, ValueError):
-        return None  # not written yet, or the store is unreachable: progress is best-effort
-    out = {"stage": str(raw.get("stage", "")), "percent": float(raw.get("percent", 0.0))}
-    if raw.get("epoch") is not None:
-        out.update(epoch=int(raw["epoch"]), totalEpochs=raw.get("totalEpochs"))
-    return out
-
-
-def fail(body, meta, status, patch, k8s_job: dict) -> None:
-    generation = meta["generation"]
-    cond = job_condition(k8s_job, "Failed") or {}
-    reason, message = cond.get("reason") or "TrainerFailed", cond.get("message") or "the trainer Job failed"
-    pods = kube().job_pods(meta["namespace"], k8s_job["metadata"]["name"])
-    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True):
-        trainer_msg, container_reason = termination_message(pod)
-        if container_reason == "OOMKilled":
-            reason, message = "OOMKilled", "the trainer ran out of memory (raise spec.resources.memory)"
-            break
-        if trainer_msg:
-            reason = trainer_msg.get("reason") or reason
-            message = trainer_msg.get("message") or message
-            break
-    if cond.get("reason") == "DeadlineExceeded":
-        reason = "DeadlineExceeded"
-        message = f"the trainer exceeded spec.resources.deadlineSeconds; {message}"
-    apply_status(patch, body, st.failed(generation, reason, message, status.get("conditions")))
-    kopf.warn(body, reason=reason, message=message[:1000])
-    metrics.STUDENTS.labels("failed").inc()
-
-
-def finish(body, job: DistillationJob, meta, status, patch, logger, students_index) -> None:
-    generation = meta["generation"]
-    previous = status.get("conditions")
-    try:
-        result = TrainerResult.model_validate(job_store(job).read_json(RESULT_KEY))
-    except (StoreError, LookupError, ValueError) as err:
-        message = f"the trainer finished but its result could not be read: {err}"
-        apply_status(patch, body, st.failed(generation, "ResultUnavailable", message, previous))
-        kopf.warn(body, reason="ResultUnavailable", message=message[:1000])
+        job = decide.parse_job(obs)
+    except SpecError as err:  # valid when started; only a changed schema gets here
+        await execute(ctx, obs, body, patch, decide.fail(obs, "InvalidSpec", str(err)))
         return
-    if result.spec_hash != spec_hash(job.spec):
-        message = f"{job.spec.output.uri}/{RESULT_KEY} belongs to another spec (was the output shared?)"
-        apply_status(patch, body, st.failed(generation, "ResultMismatch", message, previous))
-        return
+    registered = None
+    if job.spec.targets.must_improve_frontier:
+        registered, _ = group_snapshot(students_index, (obs.namespace, decide.frontier_group_of(job)), ctx.gone)
+    done = decide.job_condition(trainer, "Complete") or decide.job_condition(trainer, "Failed")
+    pods = await ctx.api(ctx.kube.job_pods, obs.namespace, name) if done else None
 
-    accepted, reasons = result.decision.accepted, list(result.decision.reasons)
-    own_name = naming.student_model_name(job.metadata.name, generation)
-    if accepted and job.spec.targets.must_improve_frontier:
-        group = registry.group_of(result.teacher_uri, result.task.value, result.hardware.value)
-        registered = [m for m in registry.live(entries(students_index, (meta["namespace"], group)), _gone)
-                      if m["metadata"]["name"] != own_name]
-        dominated_by = registry.candidate_dominators(result, registered)
-        if dominated_by:
-            accepted = False
-            reasons = [f"dominated on the frontier by {', '.join(dominated_by)}"]
-    student_model = None
-    if accepted:
-        # Its own ADDED event recomputes the group's frontier: the verdict does not wait for it.
-        student_model = own_name
-        if kube().create_student_model(registry.build_student_model(job, meta["uid"], generation, result)):
-            milestone(body, reason="StudentRegistered", message=f"registered StudentModel {student_model}")
-    apply_status(patch, body, st.finished(generation, result, accepted, reasons, student_model, previous))
-    milestone(body, reason="Accepted" if accepted else "Rejected",
-              message=f"speedup {result.speedup:.2f}x, retention {result.accuracy_retention:.4f}, "
-                      f"pareto {result.pareto_score:.4f}")
-    metrics.STUDENTS.labels("accepted" if accepted else "rejected").inc()
-    started_at, done_at = result.start_time, result.completion_time
-    try:
-        metrics.TRAINER_SECONDS.observe(
-            (datetime.fromisoformat(done_at) - datetime.fromisoformat(started_at)).total_seconds())
-    except ValueError:
-        logger.debug("could not parse trainer times")
+    def decision() -> list:
+        key = (obs.uid, obs.generation)
+        generation, written = ctx.progress_written.get(obs.uid, (None, None))
+        return decide.decide_follow(obs, ctx.settings, trainer, pods, ctx.store_io.latest(key, decide.PROGRESS),
+                                    ctx.store_io.latest(key, decide.RESULT), registered,
+                                    written if generation == obs.generation else None)
+
+    actions = decision()
+    reads = decide.wants(actions, ReadStore)
+    if reads:
+        future = submit_read(ctx, obs, reads[0].kind)
+        if future is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), STORE_WAIT_S)
+            if future.done():
+                actions = decision()
+    await execute(ctx, obs, body, patch, actions)
 
 
-@kopf.on.delete(GROUP, VERSION, JOBS, optional=True)
-def forget(meta, **_) -> None:
-    # The trainer Job and its pods go with the owner reference; only our gauge needs updating.
+async def forget(meta, memo: OperatorContext, body, **_) -> None:
+    # The trainer Job and its pods go with the owner reference; our own caches go here.
     metrics.set_phase(f"{meta['namespace']}/{meta['name']}", None)
+    forget_job(memo, meta["uid"], meta["namespace"], body, deleted=True)
 
 
 # ----------------------------------------------------------------------------- StudentModel
 
 
-def write_frontier(namespace: str, models: list[dict]) -> None:
-    """Patch the status of the models of one group whose frontier facts changed."""
-    for name, wanted in registry.frontier_statuses(models).items():
-        current = next(m.get("status") or {} for m in models if m["metadata"]["name"] == name)
-        if any(current.get(k) != v for k, v in wanted.items()):
-            kube().patch_student_model_status(namespace, name, wanted)
-
-
-def recompute_group(index, key: tuple[str, str]) -> None:
-    """One frontier pass over one (namespace, group), from the index: no LIST."""
+def write_frontier(ctx: OperatorContext, key: tuple[str, str], snapshot: tuple[list[Mapping], bool]) -> None:
+    """One frontier pass over one group's models (a snapshot): patch the statuses that changed.
+    Runs in the debouncer's thread. A status this operator already wrote is not written again
+    because the snapshot predates the write, except on a resync pass (`heal`), which also
+    repairs statuses edited by hand."""
+    models, heal = snapshot
     with metrics.observed("frontier"):
-        write_frontier(key[0], registry.live(entries(index, key), _gone))
+        for name, wanted in registry.frontier_statuses(list(models)).items():
+            current = next(m.get("status") or {} for m in models if m["metadata"]["name"] == name)
+            if all(current.get(k) == v for k, v in wanted.items()):
+                continue
+            if not heal and ctx.frontier_written.get((key[0], name)) == wanted:
+                continue
+            ctx.kube.patch_student_model_status(key[0], name, wanted)
+            ctx.frontier_written[(key[0], name)] = wanted
 
 
-@kopf.on.event(GROUP, VERSION, STUDENTS)
-async def student_event(event, body, namespace, labels, **_) -> None:
+async def student_event(event, body, namespace, labels, memo: OperatorContext, students_by_group, **_) -> None:
     """Arrivals, departures and spec edits recompute their group, once per burst (debounced).
 
     A watch handler, not create/resume handlers: kopf then keeps no state on StudentModels (no
     annotation or finalizer patches), and its initial LIST still brings every model after a restart.
+    kopf updates its indexes before it calls this, so the snapshot includes this event.
     """
     group = labels.get(naming.LABEL_GROUP_KEY)
-    if group and _frontier is not None and registry.changes_frontier(event.get("type"), body):
-        _frontier.schedule((namespace, group))
+    if event.get("type") == "DELETED":
+        memo.frontier_written.pop((namespace, body["metadata"]["name"]), None)
+    if group and registry.changes_frontier(event.get("type"), body):
+        key = (namespace, group)
+        memo.frontier.schedule(key, group_snapshot(students_by_group, key, memo.gone))
 
 
-def resync_frontiers(index) -> None:
+async def resync_frontiers(ctx: OperatorContext, index) -> None:
     """One LIST per watched namespace, then every group recomputed (through the debouncer).
 
     kopf re-lists after a watch reconnection but never replays the deletions it missed, so the
     index may keep a deleted model: a uid the index held before the LIST and the LIST lacks is
-    gone. Recomputing every group also heals a status someone edited. It runs as one loop rather
+    gone. Recomputing every group also heals a status someone edited. It runs as one task rather
     than a kopf timer per StudentModel, which would put kopf's finalizer on every StudentModel.
     """
-    global _gone
-    before = {m["metadata"]["uid"] for key in keys(index) for m in entries(index, key)}
-    listed, groups = set(), set(keys(index))
-    for namespace in WATCHED_NAMESPACES or [None]:
-        for m in kube().list_student_models_in(namespace):
-            listed.add(m["metadata"]["uid"])
-            group = (m["metadata"].get("labels") or {}).get(naming.LABEL_GROUP_KEY)
-            if group:
-                groups.add((m["metadata"]["namespace"], group))
-    _gone = frozenset(before - listed)
+    before = {m["metadata"]["uid"] for key in list(index) for m in index.get(key, ())}
+
+    def list_all() -> list[dict]:
+        return [m for ns in ctx.namespaces or [None] for m in ctx.kube.list_student_models_in(ns)]
+
+    listed_models = await ctx.api(list_all)
+    listed, groups = set(), set(index)
+    for m in listed_models:
+        listed.add(m["metadata"]["uid"])
+        group = (m["metadata"].get("labels") or {}).get(naming.LABEL_GROUP_KEY)
+        if group:
+            groups.add((m["metadata"]["namespace"], group))
+    ctx.gone.clear()
+    ctx.gone.update(before - listed)
     for key in groups:
-        _frontier.schedule(key)
+        ctx.frontier.schedule(key, group_snapshot(index, key, ctx.gone, heal=True))
 
 
-def _resync_loop(stop: threading.Event, index) -> None:
-    while not stop.wait(SETTINGS.frontier_resync_s):
+async def resync_loop(ctx: OperatorContext, index) -> None:
+    while True:
+        await asyncio.sleep(ctx.settings.frontier_resync_s)
         try:
             with metrics.observed("frontier-resync"):
-                resync_frontiers(index)
+                await resync_frontiers(ctx, index)
+        except asyncio.CancelledError:
+            raise
         except Exception:  # noqa: BLE001 - keep the loop alive; the next pass retries
-            logging.getLogger(__name__).exception("frontier resync failed")
+            log.exception("frontier resync failed")
 
 
-@kopf.on.startup()
-def start_frontier(students_by_group, **_) -> None:
-    # Startup handlers get the (still empty) index objects that kopf then keeps filling.
-    global _frontier
-    _frontier = Debouncer(functools.partial(recompute_group, students_by_group),
-                          SETTINGS.frontier_debounce_s).start("frontier")
-    threading.Thread(target=_resync_loop, args=(_STOP, students_by_group), name="frontier-resync",
-                     daemon=True).start()
+# ----------------------------------------------------------------------------- registration
 
 
-@kopf.on.cleanup()
-def stop_frontier(**_) -> None:
-    _STOP.set()
-    if _frontier is not None:
-        _frontier.stop()
+def register(reg: kopf.OperatorRegistry, poll_interval_s: float) -> kopf.OperatorRegistry:
+    """Put every handler into `reg` (kopf's default registry when the operator runs)."""
+    kopf.on.startup(registry=reg)(configure)
+    kopf.on.startup(registry=reg)(start_frontier)
+    kopf.on.cleanup(registry=reg)(stop_frontier)
+    kopf.index(GROUP, VERSION, STUDENTS, id="students_by_group", registry=reg)(students_by_group)
+    kopf.index("batch", "v1", "jobs", id="trainer_jobs", registry=reg,
+               labels={naming.LABEL_MANAGED_BY: naming.MANAGER, naming.LABEL_JOB: kopf.PRESENT})(trainer_jobs)
+    kopf.on.resume(GROUP, VERSION, JOBS, registry=reg)(reconcile)
+    kopf.on.create(GROUP, VERSION, JOBS, registry=reg)(reconcile)
+    kopf.on.update(GROUP, VERSION, JOBS, field="spec", registry=reg)(reconcile)
+    kopf.timer(GROUP, VERSION, JOBS, id="follow", interval=poll_interval_s, when=needs_following,
+               registry=reg)(follow)
+    # Not optional: kopf then puts its finalizer on a job at once and keeps it for the job's life,
+    # instead of adding it when following starts and removing it at the end (two more writes per
+    # job, and its JSON patch of the finalizer raced our first status patch: 422s).
+    kopf.on.delete(GROUP, VERSION, JOBS, id="forget", registry=reg)(forget)
+    kopf.on.event(GROUP, VERSION, STUDENTS, id="student_event", registry=reg)(student_event)
+    return reg
+
+
+def context_for(settings, namespaces: list[str], kube: Any | None = None) -> OperatorContext:
+    return OperatorContext.create(settings, namespaces, kube=kube, write_frontier=write_frontier)

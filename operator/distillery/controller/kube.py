@@ -21,6 +21,11 @@ def load_config() -> None:
 
 
 class Kube:
+    @classmethod
+    def connect(cls) -> Kube:
+        load_config()
+        return cls()
+
     def __init__(self) -> None:
         self.api = client.ApiClient()
         self.batch = client.BatchV1Api(self.api)
@@ -65,14 +70,19 @@ class Kube:
         return [self.api.sanitize_for_serialization(p) for p in pods.items]
 
     # -- Secrets (read by name only; never listed, never logged)
-    def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+    def read_secret(self, namespace: str, name: str) -> tuple[dict[str, Any], dict[str, str]] | None:
+        """(metadata: name, namespace, labels, annotations; decoded data), or None when absent."""
         try:
             secret = self.core.read_namespaced_secret(name, namespace)
         except ApiException as err:
             if err.status == 404:
                 return None
             raise
-        return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+        meta = secret.metadata
+        metadata = {"name": meta.name, "namespace": meta.namespace, "labels": dict(meta.labels or {}),
+                    "annotations": dict(meta.annotations or {})}
+        data = {k: base64.b64decode(v).decode(errors="replace") for k, v in (secret.data or {}).items()}
+        return metadata, data
 
     # -- StudentModels
     def create_student_model(self, body: dict) -> bool:

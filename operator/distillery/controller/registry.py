@@ -8,7 +8,7 @@ from typing import Any
 from distillery.api.job import DistillationJob
 from distillery.api.result import TrainerResult
 from distillery.controller import naming
-from distillery.frontier import Point, dominators
+from distillery.frontier import Point, dominators, point_from_metrics
 
 
 def group_of(result_or_spec_teacher_uri: str, task: str, hardware: str) -> str:
@@ -18,7 +18,9 @@ def group_of(result_or_spec_teacher_uri: str, task: str, hardware: str) -> str:
 def build_student_model(job: DistillationJob, uid: str, generation: int, result: TrainerResult) -> dict[str, Any]:
     """A StudentModel for an accepted student. No owner reference: it outlives its job."""
     name = naming.student_model_name(job.metadata.name, generation)
-    group = group_of(result.teacher_uri, result.task.value, result.hardware.value)
+    # Teacher, task and hardware from the spec, not the result file (which the store's writers control).
+    teacher, task, hardware = job.spec.teacher.uri, job.spec.teacher.task.value, job.spec.targets.hardware.value
+    group = group_of(teacher, task, hardware)
     return {
         "apiVersion": job.api_version,
         "kind": "StudentModel",
@@ -29,8 +31,8 @@ def build_student_model(job: DistillationJob, uid: str, generation: int, result:
                        naming.LABEL_MANAGED_BY: naming.MANAGER},
         },
         "spec": {
-            "teacher": {"uri": result.teacher_uri, "task": result.task.value, "format": job.spec.teacher.format.value},
-            "hardware": result.hardware.value,
+            "teacher": {"uri": teacher, "task": task, "format": job.spec.teacher.format.value},
+            "hardware": hardware,
             "artifacts": result.artifacts.to_wire(),
             "sourceJob": {"name": job.metadata.name, "namespace": job.metadata.namespace,
                           "generation": generation, "uid": uid},
@@ -43,10 +45,8 @@ def build_student_model(job: DistillationJob, uid: str, generation: int, result:
     }
 
 
-def point_of(name: str, metrics: dict) -> Point:
-    return Point(name=name, accuracy=float(metrics.get("accuracy") or 0.0),
-                 latency_ms=float(metrics.get("latencyP50Ms") or float("inf")),
-                 size_bytes=int(metrics.get("sizeBytes") or 0))
+def point_of(name: str, metrics: Mapping) -> Point:
+    return point_from_metrics(name, metrics)
 
 
 def frontier_statuses(models: list[dict]) -> dict[str, dict[str, Any]]:

@@ -126,7 +126,10 @@ def build_trainer_job(job: DistillationJob, uid: str, generation: int, settings:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": "work", "emptyDir": {}}],
+        # The kubelet evicts the pod when the work folder outgrows the limit, so one job cannot
+        # fill the node's disk. No ephemeral-storage request: the limit is a ceiling, not what a
+        # job typically uses, and requesting it would reserve that much disk on every node it lands.
+        "volumes": [{"name": "work", "emptyDir": {"sizeLimit": settings.work_dir_size_limit}}],
     }
     if r.node_selector:
         pod_spec["nodeSelector"] = dict(r.node_selector)

@@ -46,18 +46,24 @@ def test_row_without_text_field_names_the_line(bbc_data, text_job, tmp_path, cap
     assert "'text'" in errors[0]
 
 
-def test_eval_label_unknown_to_the_teacher(bbc_data, text_job, tmp_path, capsys):
+def test_eval_label_unknown_to_the_teacher_names_the_row_not_the_value(bbc_data, text_job, tmp_path, capsys):
     rows = read_jsonl(bbc_data.eval)[:20]
-    rows[4]["label"] = "weather"  # not one of the teacher's id2label classes
+    rows[4]["label"] = "hunter2-ALICE"  # not one of the teacher's id2label classes, and a secret
     bad = write_jsonl(tmp_path / "eval.jsonl", rows)
-    code, result = run_job(load_job(text_job((tmp_path / "out").as_uri(), dataset={"evalUri": bad.as_uri()})))
+    termination = tmp_path / "termination-log"
+    job = load_job(text_job((tmp_path / "out").as_uri(), dataset={"evalUri": bad.as_uri()}))
+    code, result = run_job(job, termination_path=str(termination))
     assert (code, result) == (EXIT_INVALID, None)
     errors = error_lines(capsys)
     assert len(errors) == 1, errors
     line = errors[0]
-    assert "'weather'" in line and "unknown label" in line
-    assert "row 5" in line and bad.as_uri() in line
-    assert all(name in line for name in bbc_data.classes)  # the labels the teacher knows
+    assert "row 5: label is not one of the teacher's 5 labels (field 'label')" in line
+    assert "dataset.evalUri" in line and bad.as_uri() in line
+    message = json.loads(termination.read_text())["message"]
+    for text in (line.replace(bad.as_uri(), ""), message.replace(bad.as_uri(), "")):
+        # neither the value nor the other classes (data too) are quoted
+        assert "hunter2" not in text and "ALICE" not in text
+        assert not any(name in text for name in bbc_data.classes)
 
 
 def test_missing_train_file(text_job, tmp_path, capsys):

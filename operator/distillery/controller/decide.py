@@ -1,0 +1,319 @@
+"""The reconcile decision: what was observed of a DistillationJob -> the actions to take.
+
+Pure functions (no I/O, no kopf): handlers.py observes (kopf's body and indexes, a GET or LIST
+where needed, the store reads of store_io.py) and executes the actions (executors.py). Every
+branch of the job's life is here, so each is a fast unit test.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from distillery.api.job import DistillationJob, Progress
+from distillery.api.load import SpecError, load_job
+from distillery.api.result import TrainerResult
+from distillery.controller import naming, policy, registry
+from distillery.controller import status as st
+from distillery.controller.kube import termination_message
+from distillery.controller.result_check import Checked, check_result
+from distillery.controller.settings import Settings
+from distillery.controller.store_io import StoreRead
+from distillery.controller.trainer_job import build_trainer_job, for_generation
+
+FINAL = ("Succeeded", "Failed")
+PROGRESS, RESULT = "progress", "result"
+
+
+# ----------------------------------------------------------------------------- what was observed
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The DistillationJob as kopf delivered it."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    body: Mapping[str, Any]  # apiVersion, kind, spec
+    status: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def conditions(self) -> list[dict]:
+        return list(self.status.get("conditions") or [])
+
+
+@dataclass(frozen=True)
+class SecretSeen:
+    """The Secret a job names, as the API server has it (metadata None: there is none)."""
+
+    name: str
+    metadata: Mapping[str, Any] | None
+
+
+# ----------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class CreateJob:
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    name: str
+
+
+@dataclass(frozen=True)
+class PatchStatus:
+    patch: st.StatusPatch
+
+
+@dataclass(frozen=True)
+class RegisterStudent:
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Event:
+    reason: str
+    message: str
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class ReadStore:
+    kind: str  # PROGRESS or RESULT
+
+
+@dataclass(frozen=True)
+class ForgetStore:
+    """The job needs its store no more: drop the opened store and the reads kept for it."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Transient trouble: run the handler again after `delay` seconds."""
+
+    delay: float
+    message: str
+
+
+Action = CreateJob | DeleteJob | PatchStatus | RegisterStudent | Event | ReadStore | ForgetStore | Retry
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def parse_job(obs: Observed) -> DistillationJob:
+    """The job, or SpecError with the one line the CLI prints."""
+    return load_job({
+        "apiVersion": obs.body.get("apiVersion"), "kind": obs.body.get("kind"),
+        "metadata": {"name": obs.name, "namespace": obs.namespace, "generation": obs.generation},
+        "spec": dict(obs.body.get("spec") or {}),
+    })
+
+
+def secret_name(job: DistillationJob, settings: Settings) -> str | None:
+    return job.spec.output.credentials_secret or settings.default_credentials_secret
+
+
+def finished_generation(obs: Observed) -> bool:
+    return obs.status.get("observedGeneration") == obs.generation and obs.status.get("phase") in FINAL
+
+
+def waiting_reason(obs: Observed) -> str | None:
+    """The reason of a Pending job that is not started yet (SecretMissing), else None."""
+    if obs.status.get("phase") != "Pending" or obs.status.get("trainerJob"):
+        return None
+    return next((c.get("reason") for c in obs.conditions if c.get("type") == st.SUCCEEDED), None)
+
+
+def retry_delay(retry: int) -> float:
+    """5 s, 10 s, 20 s, 40 s, then once a minute."""
+    return float(min(60, 5 * 2 ** min(retry, 4)))
+
+
+def fail(obs: Observed, reason: str, message: str) -> list[Action]:
+    return [PatchStatus(st.failed(obs.generation, reason, message, obs.conditions)),
+            Event(reason, message[:1000], warning=True), ForgetStore()]
+
+
+# ----------------------------------------------------------------------------- starting
+
+
+def decide_start(obs: Observed, settings: Settings, secret: SecretSeen | None,
+                 other_generations: list[str], retry: int = 0) -> list[Action]:
+    """Make sure the current generation has its trainer Job, and older ones do not.
+
+    `secret` is the Secret the job names (None when it names none), `other_generations` the
+    names of this job's trainer Jobs of other generations."""
+    if finished_generation(obs):
+        return []  # already finished (e.g. resumed after an operator restart)
+    try:
+        job = parse_job(obs)
+    except SpecError as err:
+        return fail(obs, "InvalidSpec", str(err))
+    violations = policy.job_violations(job, settings)
+    if violations:
+        return fail(obs, "PolicyViolation", "; ".join(violations))
+    if secret is not None and secret.metadata is None:
+        message = f"Secret {secret.name!r} not found in namespace {obs.namespace!r} (output.credentialsSecret)"
+        actions: list[Action] = []
+        if waiting_reason(obs) != "SecretMissing" or obs.status.get("observedGeneration") != obs.generation:
+            actions += [PatchStatus(st.waiting(obs.generation, "SecretMissing", message, obs.conditions)),
+                        Event("SecretMissing", message, warning=True)]
+        return [*actions, Retry(retry_delay(retry), message)]
+    if secret is not None and not policy.secret_opted_in(secret.metadata, secret.name, settings):
+        return fail(obs, "SecretNotAllowed",
+                    f"Secret {secret.name!r} (output.credentialsSecret) is not marked for use by "
+                    f"DistillationJobs: label it {policy.OPT_IN_LABEL}={policy.OPT_IN_VALUE}, "
+                    "or ask an admin to list it in the chart's allowedSecrets")
+
+    actions = [DeleteJob(name) for name in other_generations]
+    manifest = build_trainer_job(job, obs.uid, obs.generation, settings)
+    trainer = manifest["metadata"]["name"]
+    actions.append(CreateJob(manifest))
+    if (obs.status.get("observedGeneration") != obs.generation or obs.status.get("trainerJob") != trainer
+            or waiting_reason(obs) is not None):
+        actions.append(PatchStatus(st.started(obs.generation, trainer, obs.conditions, bool(job.spec.queue_name))))
+    return actions
+
+
+# ----------------------------------------------------------------------------- following
+
+
+def job_condition(job: Mapping, type_: str) -> dict | None:
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_ and c.get("status") == "True":
+            return c
+    return None
+
+
+def latest_reports(pods: list[dict]) -> list[tuple[dict | None, str | None]]:
+    """(termination message, container reason) of each pod, newest first."""
+    ordered = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True)
+    return [termination_message(p) for p in ordered]
+
+
+def progress_of(raw: Any) -> Progress | None:
+    """progress.json as the status shows it; None when it is not a progress document (the file is
+    the trainer's, but anyone with the store's credentials can write it)."""
+    if not isinstance(raw, Mapping):
+        return None
+    percent = raw.get("percent", 0.0)
+    if isinstance(percent, bool) or not isinstance(percent, int | float) or not math.isfinite(percent):
+        return None
+    out = Progress(stage=str(raw.get("stage", ""))[:64], percent=round(min(100.0, max(0.0, float(percent))), 2))
+    epoch, total = raw.get("epoch"), raw.get("totalEpochs")
+    if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0:
+        out.epoch = epoch
+        if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
+            out.total_epochs = total
+    return out
+
+
+def unknown_progress(read: StoreRead, previous: Mapping | None) -> Progress:
+    percent = float((previous or {}).get("percent") or 0.0)
+    return Progress(stage="unknown", percent=percent, message=f"progress unavailable: {read.error}"[:300])
+
+
+def decide_follow(obs: Observed, settings: Settings, trainer: Mapping, pods: list[dict] | None,
+                  progress: StoreRead | None, result: StoreRead | None,
+                  registered: list[Mapping] | None = None, written: Mapping | None = None) -> list[Action]:
+    """One look at a started generation whose trainer Job exists.
+
+    `pods` are the trainer's pods (looked at once the Job finished), `progress`/`result` the last
+    completed store reads (None: none yet; a progress read's value None: no progress.json yet),
+    `registered` the StudentModels of the job's frontier group (only needed with
+    targets.mustImproveFrontier), `written` the progress this operator last wrote for the
+    generation (the watch may not have brought that write back yet)."""
+    if job_condition(trainer, "Complete"):
+        return finish(obs, settings, pods or [], result, registered)
+    failed = job_condition(trainer, "Failed")
+    if failed:
+        return trainer_failed(obs, failed, pods or [])
+    if (trainer.get("spec") or {}).get("suspend"):
+        return []  # queued (Kueue admits it by unsuspending): stays Pending
+    actions: list[Action] = [ReadStore(PROGRESS)]
+    previous = written if written is not None else obs.status.get("progress")
+    if progress is None:
+        seen = None
+    elif progress.ok:
+        seen = progress_of(progress.value)
+    else:
+        seen = unknown_progress(progress, previous)
+    # Running once the trainer has said something (or the store cannot be read): a Job whose pod
+    # has not started yet stays Pending, and each change is written once.
+    if seen is not None and seen.to_wire() != previous:
+        actions.insert(0, PatchStatus(st.running(obs.generation, seen, obs.conditions)))
+    return actions
+
+
+def trainer_failed(obs: Observed, cond: Mapping, pods: list[dict]) -> list[Action]:
+    reason, message = cond.get("reason") or "TrainerFailed", cond.get("message") or "the trainer Job failed"
+    for trainer_msg, container_reason in latest_reports(pods):
+        if container_reason == "OOMKilled":
+            reason, message = "OOMKilled", "the trainer ran out of memory (raise spec.resources.memory)"
+            break
+        if trainer_msg:
+            reason = str(trainer_msg.get("reason") or reason)
+            message = str(trainer_msg.get("message") or message)
+            break
+    if cond.get("reason") == "DeadlineExceeded":
+        reason = "DeadlineExceeded"
+        message = f"the trainer exceeded spec.resources.deadlineSeconds; {message}"
+    return fail(obs, reason, message)
+
+
+def finish(obs: Observed, settings: Settings, pods: list[dict], result: StoreRead | None,
+           registered: list[Mapping] | None) -> list[Action]:
+    if result is None or (not result.ok and result.failures < settings.result_read_attempts):
+        return [ReadStore(RESULT)]
+    if not result.ok:
+        return fail(obs, "ResultUnavailable",
+                    f"the trainer finished but its result could not be read ({result.failures} tries): {result.error}")
+    job = for_generation(parse_job(obs), obs.generation)
+    reported = next((msg for msg, _ in latest_reports(pods) if msg and msg.get("ok") is True), None)
+    own_name = naming.student_model_name(obs.name, obs.generation)
+
+    def dominators(candidate: TrainerResult) -> list[str] | None:
+        if not job.spec.targets.must_improve_frontier or registered is None:
+            return None
+        others = [m for m in registered if m["metadata"]["name"] != own_name]
+        return registry.candidate_dominators(candidate, others)
+
+    checked = check_result(result.value, job, reported, dominators)
+    if not isinstance(checked, Checked):
+        return fail(obs, checked.reason, checked.message)
+    res, verdict = checked.result, checked.verdict
+    actions: list[Action] = []
+    student_model = None
+    if verdict.accepted:
+        # Its own ADDED event recomputes the group's frontier: the verdict does not wait for it.
+        student_model = own_name
+        actions.append(RegisterStudent(registry.build_student_model(job, obs.uid, obs.generation, res)))
+    actions.append(PatchStatus(st.finished(obs.generation, res, verdict.accepted, list(verdict.reasons),
+                                           student_model, obs.conditions)))
+    summary = (f"speedup {res.speedup:.2f}x, retention {res.accuracy_retention:.4f}, "
+               f"pareto {res.pareto_score:.4f}" + (f"; registered StudentModel {student_model}" if student_model else ""))
+    actions += [Event("Accepted" if verdict.accepted else "Rejected", summary), ForgetStore()]
+    return actions
+
+
+def frontier_group_of(job: DistillationJob) -> str:
+    """The frontier group from the spec (not from the result file, which the job's writer controls)."""
+    return registry.group_of(job.spec.teacher.uri, job.spec.teacher.task.value, job.spec.targets.hardware.value)
+
+
+def wants(actions: list[Action], kind: type) -> list:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+__all__ = ["Action", "CreateJob", "DeleteJob", "Event", "FINAL", "ForgetStore", "Observed", "PatchStatus",
+           "ReadStore", "RegisterStudent", "Retry", "SecretSeen", "decide_follow", "decide_start",
+           "frontier_group_of", "parse_job", "progress_of", "secret_name", "wants"]
+

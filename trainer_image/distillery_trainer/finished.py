@@ -1,0 +1,63 @@
+"""Whether an earlier run's result.json may stand for this run, and its verdict recomputed.
+
+A stored result is reused only when it validates (every number finite), was produced from the
+same spec (whole-spec hash and training fingerprint) and from the same content (digests of the
+teacher's files and of the encoded train and eval data), and its decision is then recomputed
+from its measured numbers with this spec's targets: a stored `accepted` is never believed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from distillery.api.job import Decision, ModelMetrics, Targets
+from distillery.api.load import describe_validation_error
+from distillery.api.result import InputDigests, TrainerResult
+from distillery.verdict import Measured, Scores, Verdict, decide
+
+
+@dataclass(frozen=True)
+class Rerun:
+    """The stored result cannot stand for this run; why, in one line without data values."""
+
+    reason: str
+
+
+def measured(metrics: ModelMetrics, parameters: int | None = None) -> Measured | None:
+    """The numbers the acceptance rule needs, or None when the accuracy or latency is missing."""
+    if metrics.accuracy is None or metrics.latency_p50_ms is None:
+        return None
+    return Measured(metrics.accuracy, metrics.latency_p50_ms, metrics.size_bytes or 0,
+                    parameters if parameters is not None else metrics.parameters or 0)
+
+
+def scored_fields(scores: Scores, verdict: Verdict) -> dict:
+    """The derived numbers and the decision as a result stores them (rounded as written)."""
+    return {"speedup": round(scores.speedup, 4), "accuracy_retention": round(scores.accuracy_retention, 6),
+            "compression_ratio": round(scores.compression_ratio, 4), "pareto_score": round(scores.pareto_score, 6),
+            "decision": Decision(accepted=verdict.accepted, reasons=verdict.reasons)}
+
+
+def rejudge(result: TrainerResult, targets: Targets) -> TrainerResult | Rerun:
+    """The result with its scores and decision recomputed from its measured numbers."""
+    teacher, student = measured(result.teacher), measured(result.student)
+    if teacher is None or student is None:
+        return Rerun("it lacks the measured accuracy or latency")
+    scores, verdict = decide(targets, teacher, student)
+    return result.model_copy(update=scored_fields(scores, verdict))
+
+
+def check_previous(raw, *, spec_hash: str, fingerprint: str, digests: InputDigests,
+                   targets: Targets) -> TrainerResult | Rerun:
+    """`raw` is the stored result.json as parsed; returns the result to reuse, re-judged, or why not."""
+    try:
+        previous = TrainerResult.model_validate(raw)
+    except ValidationError as err:
+        return Rerun(f"it is not a valid result ({describe_validation_error(err)})")
+    if previous.spec_hash != spec_hash or previous.fingerprint != fingerprint:
+        return Rerun("it was written for another spec")
+    if previous.inputs is None or previous.inputs != digests:
+        return Rerun("it was computed from another teacher or other data (their contents changed)")
+    return rejudge(previous, targets)

@@ -1,0 +1,84 @@
+"""What one run knows, filled in stage by stage (see stages.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from distillery.api.job import DistillationJob, DistillationJobSpec, ModelMetrics
+from distillery.api.result import InputDigests, TrainerResult
+from distillery.store import Store
+from distillery.verdict import Scores, Verdict
+from distillery_trainer.checkpoint import Checkpoints, CheckpointState
+from distillery_trainer.encode import Encoded
+from distillery_trainer.evaluation import Quality
+from distillery_trainer.loading import Inputs
+from distillery_trainer.nets import Net
+from distillery_trainer.onnx_tools import Latency
+from distillery_trainer.progress import Progress
+from distillery_trainer.tasks import TaskStrategy
+from distillery_trainer.teacher import TeacherSide
+
+
+@dataclass
+class Exported:
+    """The export stage's files (under the run's work folder) and the round-trip check."""
+
+    staging: Path  # what write uploads: model/, model.onnx, model.int8.onnx
+    weights_dir: Path
+    student_onnx: Path
+    teacher_onnx: Path
+    int8_onnx: Path | None
+    example: tuple  # the benchmark batch
+    onnx_max_abs_diff: float
+    teacher_parameters: int
+    teacher_layers: int | None
+
+
+@dataclass
+class Measurements:
+    """The benchmark stage's numbers for each model."""
+
+    teacher: ModelMetrics
+    student: ModelMetrics
+    student_int8: ModelMetrics | None
+
+
+@dataclass
+class RunContext:
+    job: DistillationJob
+    store: Store
+    progress: Progress
+    device: torch.device
+    work: Path  # a temporary folder, removed when the run ends
+    task: TaskStrategy
+    fingerprint: str  # hash of the spec parts that shape the student (names the checkpoints)
+    spec_hash: str  # hash of the whole spec
+    started: str
+    restart: bool = False
+    # Filled in by the stages, in order.
+    inputs: Inputs | None = None
+    train_data: Encoded | None = None
+    eval_data: Encoded | None = None
+    digests: InputDigests | None = None
+    checkpoints: Checkpoints | None = None
+    state: CheckpointState | None = None  # the checkpoint resumed from, then the training state
+    teacher: TeacherSide | None = None
+    student: Net | None = None
+    source_layers: int | None = None
+    resume_payload: dict | None = None
+    resumed_from: int | None = None
+    train_seconds: float = 0.0
+    quality: dict[str, Quality] = field(default_factory=dict)  # "teacher", "student"
+    exported: Exported | None = None
+    latencies: list[Latency] = field(default_factory=list)
+    measured: Measurements | None = None
+    scores: Scores | None = None
+    verdict: Verdict | None = None
+    result: TrainerResult | None = None  # set by the last stage, or early by a reusable earlier run
+
+    @property
+    def spec(self) -> DistillationJobSpec:
+        return self.job.spec

@@ -1,0 +1,400 @@
+"""The stages of one run, in order, each a small function over the RunContext.
+
+load -> reuse_finished -> teacher_outputs -> select_layers -> train -> evaluate -> export ->
+benchmark -> decide -> write. Each reads what earlier stages put in the context and adds its own
+part; `reuse_finished` may end the run early with an earlier run's (re-judged) result. Every number
+in a result is measured in this run (or in the run it resumed); nothing is assumed, and whatever
+is read back from a store (result, cache, checkpoint) is checked before it is used.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import torch
+
+from distillery.api.job import ModelMetrics, TeacherFormat
+from distillery.api.result import RESULT_KEY, TrainerResult, TrainingSummary, non_finite_paths
+from distillery.store import StoreError
+from distillery.verdict import decide as apply_targets
+from distillery_trainer import finished, preflight, publish, teacher_cache, training
+from distillery_trainer.checkpoint import (
+    Checkpoints,
+    CheckpointState,
+    CorruptCheckpoint,
+    check_fits,
+)
+from distillery_trainer.encode import Encoded
+from distillery_trainer.errors import NonFiniteError
+from distillery_trainer.evaluation import Quality
+from distillery_trainer.loading import encode as encode_split
+from distillery_trainer.loading import load_inputs
+from distillery_trainer.nets import Net
+from distillery_trainer.onnx_tools import (
+    Latency,
+    example_inputs,
+    export_onnx,
+    measure_latencies,
+    onnx_outputs,
+    providers_for,
+    quantize_int8,
+)
+from distillery_trainer.outputs import TeacherOutputs
+from distillery_trainer.run_context import Exported, Measurements, RunContext
+from distillery_trainer.student import select_layers as choose_layers
+from distillery_trainer.student import student_source
+from distillery_trainer.teacher import OnnxTeacher, TeacherSide, load_torch_model, torch_outputs
+
+EVAL_BATCH = 64
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def load(ctx: RunContext) -> None:
+    """Fetch and check the inputs, encode both splits once, and find a checkpoint to resume."""
+    spec = ctx.spec
+    providers_for(spec.targets.hardware)  # fail now, not after training, when the hardware cannot be measured
+    ctx.progress.stage("loading", f"teacher {spec.teacher.uri}")
+    ctx.inputs = load_inputs(ctx.job, ctx.work)
+    preflight.check_inputs(ctx.job, ctx.inputs)  # depth, positions, shapes: before the teacher pass
+    ctx.train_data = encode_split(ctx.inputs.train, ctx.inputs, ctx.job)
+    ctx.eval_data = encode_split(ctx.inputs.eval, ctx.inputs, ctx.job)
+    ctx.digests = teacher_cache.input_digests(ctx.inputs.teacher_path, ctx.train_data, ctx.eval_data,
+                                              ctx.inputs.base_path)
+    ctx.progress.log(f"{len(ctx.train_data)} train rows, {len(ctx.eval_data)} eval rows, device {ctx.device.type}")
+    ctx.checkpoints = Checkpoints(ctx.store, ctx.fingerprint)
+    try:
+        ctx.state = ctx.checkpoints.latest()
+        if ctx.state is not None and ctx.state.inputs != ctx.digests.model_dump():
+            raise CorruptCheckpoint("it was trained on another teacher or other data (their contents changed)")
+    except CorruptCheckpoint as err:
+        ctx.state = None
+        ctx.progress.log(f"ignoring the checkpoint in {ctx.store.uri_for('checkpoints/')}: {err}; "
+                         "training starts from scratch")
+
+
+# ----------------------------------------------------------------------------- reuse_finished
+
+
+def reuse_finished(ctx: RunContext) -> None:
+    """An earlier run of this spec on these very inputs stands, with its verdict recomputed."""
+    if ctx.restart or not ctx.store.exists(RESULT_KEY):
+        return
+    uri = ctx.store.uri_for(RESULT_KEY)
+    try:
+        raw = ctx.store.read_json(RESULT_KEY)
+    except StoreError as err:
+        if "invalid JSON" not in str(err):
+            raise
+        ctx.progress.log(f"not reusing {uri}: it is not JSON; running again")
+        return
+    previous = finished.check_previous(raw, spec_hash=ctx.spec_hash, fingerprint=ctx.fingerprint,
+                                       digests=ctx.digests, targets=ctx.spec.targets)
+    if isinstance(previous, finished.Rerun):
+        ctx.progress.log(f"not reusing {uri}: {previous.reason}; running again")
+        return
+    stored = raw.get("decision", {}).get("accepted") if isinstance(raw.get("decision"), dict) else None
+    if stored is not previous.decision.accepted:
+        ctx.progress.log(f"{uri}: its stored verdict does not follow from its measured numbers; "
+                         "the recomputed one stands")
+    ctx.progress.log(f"this job already finished: {uri} (use --restart to run again)")
+    ctx.result = previous
+
+
+# ----------------------------------------------------------------------------- teacher_outputs
+
+
+def load_teacher(ctx: RunContext) -> tuple[Net | None, OnnxTeacher | None]:
+    """The teacher as a torch Net or an ONNX session; its head must fit the data's classes."""
+    spec = ctx.spec
+    if spec.teacher.format == TeacherFormat.ONNX:
+        return None, OnnxTeacher(ctx.inputs.teacher_path, spec.teacher.task, providers_for(spec.targets.hardware))
+    # Load the teacher as it is (never resize its head), then check it fits the data.
+    net = load_torch_model(ctx.inputs.teacher_path, spec.teacher.format, spec.teacher.task, None)
+    ctx.task.check_head(num_labels(ctx), net.class_count(), "the teacher")
+    return net, None
+
+
+def num_labels(ctx: RunContext) -> int | None:
+    return len(ctx.inputs.labels) if ctx.inputs.labels is not None else None
+
+
+def require_finite(outputs: TeacherOutputs, whose: str, split: str) -> None:
+    row = outputs.first_non_finite_row()
+    if row is not None:
+        raise NonFiniteError(
+            f"{whose} outputs on the {split} split are NaN or infinite (first at row {row + 1}); check "
+            f"{'the teacher weights and ' if whose.startswith('the teacher') else ''}the inputs "
+            "(features contain NaN/inf?)")
+
+
+def teacher_outputs(ctx: RunContext) -> None:
+    """The teacher's outputs on both splits: from the verified cache, or computed once and cached."""
+    ctx.progress.stage("teacher-outputs", "computing the teacher's outputs once")
+    net, onnx = load_teacher(ctx)
+    if net is not None:
+        net.to(ctx.device)
+
+    def compute(data: Encoded) -> TeacherOutputs:
+        return onnx.outputs(data, EVAL_BATCH) if onnx is not None else torch_outputs(net, data, EVAL_BATCH, ctx.device)
+
+    cache, prefix = teacher_cache.cache_location(ctx.spec, ctx.store)
+    key = teacher_cache.key_for(ctx.spec, ctx.digests)
+    entry = teacher_cache.entry_key(prefix, key)
+    found = cached_teacher_outputs(ctx, cache, entry, key, compute)
+    if found is not None:
+        train_out, eval_out = found
+    else:
+        train_out = compute(ctx.train_data)
+        ctx.progress.fraction(0.8)
+        eval_out = compute(ctx.eval_data)
+        require_finite(train_out, "the teacher's", "train")
+        require_finite(eval_out, "the teacher's", "eval")
+        cache.write_bytes(entry, teacher_cache.encode_entry(key, train_out, eval_out))
+    if onnx is not None and train_out.logits is not None:
+        ctx.task.check_head(num_labels(ctx), train_out.logits.shape[1], "the ONNX teacher")
+    if net is not None:
+        net.cpu()
+    ctx.teacher = TeacherSide(net, onnx, train_out, eval_out)
+
+
+def cached_teacher_outputs(ctx: RunContext, cache, entry: str, key: str, compute):
+    """(train, eval) outputs from the cache once the entry's hash and a fresh teacher pass on
+    randomly sampled rows agree with it; None (with one log line) otherwise."""
+    if not cache.exists(entry):
+        return None
+    uri = cache.uri_for(entry)
+    try:
+        train_out, eval_out = teacher_cache.decode_entry(cache.read_bytes(entry), key, len(ctx.train_data),
+                                                         len(ctx.eval_data))
+        for split, data, cached in (("train", ctx.train_data, train_out), ("eval", ctx.eval_data, eval_out)):
+            rows = teacher_cache.sample_rows(len(data))
+            if not teacher_cache.outputs_agree(cached.rows(rows), compute(teacher_cache.subset(data, rows))):
+                raise teacher_cache.BadCacheEntry(f"it disagrees with the teacher on {len(rows)} sampled {split} rows")
+    except teacher_cache.BadCacheEntry as err:
+        ctx.progress.log(f"ignoring cached teacher outputs {uri}: {err}; recomputing them")
+        return None
+    ctx.progress.log(f"reusing cached teacher outputs {uri}")
+    return train_out, eval_out
+
+
+# ----------------------------------------------------------------------------- select_layers
+
+
+def select_layers(ctx: RunContext) -> None:
+    """The student: resumed from a checkpoint that fits, or cut from the source model anew."""
+    spec = ctx.spec
+    ctx.progress.stage("selecting-layers", f"method {spec.student.method.value}")
+    source = student_source(ctx.job, ctx.inputs, ctx.teacher, ctx.train_data)
+    ctx.source_layers = source.num_layers()
+    if ctx.state is not None:
+        resume(ctx, source)
+    if ctx.state is None:
+        layers, scores = choose_layers(source, ctx.train_data, ctx.job, ctx.device)
+        ctx.state = CheckpointState(ctx.fingerprint, layers, scores, epoch=0, step_in_epoch=0, global_step=0,
+                                    inputs=ctx.digests.model_dump())
+        ctx.student = source.with_layers(layers)
+    ctx.resumed_from = ctx.state.global_step or None
+    if source is ctx.teacher.net:
+        source.cpu()
+    ctx.progress.log(f"keeping layers {ctx.state.layers} of {ctx.source_layers}"
+                     + (f" (scores {ctx.state.layer_scores})" if ctx.state.layer_scores else ""))
+
+
+def resume(ctx: RunContext, source: Net) -> None:
+    """Load the checkpoint's student and optimizer state, or drop it (one log line) when it does
+    not fit: a bad checkpoint costs a restart from scratch, never a wrong model."""
+    state = ctx.state
+    ctx.progress.log(f"resuming from step {state.global_step} (epoch {state.epoch + 1})")
+    try:
+        if state.layers[-1] >= ctx.source_layers:
+            raise CorruptCheckpoint(f"its layers go beyond the {ctx.source_layers} layers of the model")
+        student = source.with_layers(state.layers)
+        weights, payload = ctx.checkpoints.load_weights(state)
+        check_fits(state, weights, student.state_dict(), ctx.source_layers)
+        student.load_state_dict(weights)
+        training.check_resume_payload(student, ctx.spec.distillation, payload)
+    except CorruptCheckpoint as err:
+        ctx.progress.log(f"ignoring the checkpoint at step {state.global_step}: {err}; training starts from scratch")
+        ctx.state = None
+        return
+    ctx.student, ctx.resume_payload = student, payload
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def train(ctx: RunContext) -> None:
+    d = ctx.spec.distillation
+    ctx.progress.stage("training", f"{d.epochs} epochs, T={d.temperature:g}, alpha={d.alpha:g}")
+    started = time.perf_counter()
+    if not ctx.state.finished:
+        training.train(training.TrainContext(ctx.student, ctx.train_data, ctx.teacher.train, d, ctx.spec.teacher.task,
+                                             ctx.device, ctx.checkpoints, ctx.state, ctx.progress),
+                       ctx.resume_payload)
+    ctx.train_seconds = time.perf_counter() - started
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def evaluate(ctx: RunContext) -> None:
+    """The task's metric for the student and the teacher on the eval split."""
+    ctx.progress.stage("evaluating")
+    task, student = ctx.task, ctx.student
+    eval_labels, train_labels = ctx.eval_data.labels, ctx.train_data.labels
+    student.to(ctx.device).eval()
+    student_eval = torch_outputs(student, ctx.eval_data, EVAL_BATCH, ctx.device)
+    require_finite(student_eval, "the student's", "eval")
+    student_train = (torch_outputs(student, ctx.train_data, EVAL_BATCH, ctx.device)
+                     if task.quality_needs_train_outputs else None)
+    ctx.quality["student"] = task.quality(student_eval, ctx.teacher.eval, eval_labels, student_train, train_labels)
+    ctx.quality["teacher"] = task.quality(ctx.teacher.eval, None, eval_labels, ctx.teacher.train, train_labels)
+    student.cpu()
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export(ctx: RunContext) -> None:
+    """Weights, ONNX (and int8) files of the student, the teacher as ONNX to measure it alike."""
+    ctx.progress.stage("exporting")
+    spec, student, teacher = ctx.spec, ctx.student, ctx.teacher
+    staging = ctx.work / "artifacts"
+    weights_dir = staging / "model"
+    student.save(weights_dir)
+    publish.write_provenance(weights_dir, ctx.job, ctx.state.layers, teacher_layers_of(teacher))
+    features = ctx.train_data.tensors.get("features")
+    feature_shape = tuple(features.shape[1:]) if features is not None else ()
+    example = example_inputs(student, spec.benchmark.batch_size, spec.benchmark.sequence_length, feature_shape)
+    student_onnx = export_onnx(student, staging / "model.onnx", example, spec.export.opset)
+    if teacher.onnx is not None:
+        teacher_onnx, teacher_params, teacher_layers = teacher.onnx.path, onnx_parameter_count(teacher.onnx.path), None
+    else:
+        teacher_onnx = export_onnx(teacher.net, ctx.work / "teacher.onnx", example, spec.export.opset)
+        teacher_params, teacher_layers = teacher.net.parameter_count(), teacher.net.num_layers()
+    int8 = quantize_int8(student_onnx, staging / "model.int8.onnx") if spec.export.int8 else None
+    ctx.exported = Exported(staging, weights_dir, student_onnx, teacher_onnx, int8, example,
+                            onnx_round_trip_diff(ctx, student_onnx), teacher_params, teacher_layers)
+
+
+def onnx_round_trip_diff(ctx: RunContext, student_onnx) -> float:
+    """Largest difference between the ONNX file and the torch student on one eval batch."""
+    head = Encoded({k: v[:EVAL_BATCH] for k, v in ctx.eval_data.tensors.items()}, None)
+    from_onnx = onnx_outputs(student_onnx, [next(head.batches(EVAL_BATCH))], ctx.spec.targets.hardware)
+    from_torch = ctx.task.answer(torch_outputs(ctx.student, head, EVAL_BATCH, torch.device("cpu")))
+    return float((from_onnx - from_torch).abs().max())
+
+
+def teacher_layers_of(teacher: TeacherSide) -> int | None:
+    return None if teacher.net is None else teacher.net.num_layers()
+
+
+def onnx_parameter_count(path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    total = 0
+    for init in model.graph.initializer:
+        n = 1
+        for d in init.dims:
+            n *= d
+        total += n
+    return total
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+def metrics(q: Quality, latency: Latency, params: int, size: int, layers: int | None) -> ModelMetrics:
+    return ModelMetrics(
+        accuracy=round(q.accuracy, 6), metric_name=q.metric_name,
+        agreement=None if q.agreement is None else round(q.agreement, 6),
+        fidelity=None if q.fidelity is None else round(q.fidelity, 6),
+        latency_p50_ms=round(latency.p50_ms, 4), latency_p95_ms=round(latency.p95_ms, 4),
+        parameters=params, size_bytes=size, num_layers=layers,
+    )
+
+
+def benchmark(ctx: RunContext) -> None:
+    """Latency of teacher, student (and int8) with onnxruntime, measured in turns so the speedup
+    is a ratio from one spell; then each model's metrics."""
+    spec, ex, student = ctx.spec, ctx.exported, ctx.student
+    hardware = spec.targets.hardware
+    ctx.progress.stage("benchmarking", f"onnxruntime on {hardware.value}, batch {spec.benchmark.batch_size}")
+    models = [ex.teacher_onnx, ex.student_onnx, *([ex.int8_onnx] if ex.int8_onnx else [])]
+    latencies = measure_latencies(models, ex.example, spec.benchmark, hardware)
+    ctx.progress.fraction(0.4)
+    teacher_m = metrics(ctx.quality["teacher"], latencies[0], ex.teacher_parameters, ex.teacher_onnx.stat().st_size,
+                        ex.teacher_layers)
+    student_m = metrics(ctx.quality["student"], latencies[1], student.parameter_count(),
+                        ex.student_onnx.stat().st_size, student.num_layers())
+    int8_m = None
+    if ex.int8_onnx is not None:
+        ctx.progress.fraction(0.7)
+        q_int8 = int8_quality(ctx, ex.int8_onnx)
+        int8_m = metrics(q_int8, latencies[2], student_m.parameters, ex.int8_onnx.stat().st_size, student.num_layers())
+    ctx.measured = Measurements(teacher_m, student_m, int8_m)
+
+
+def int8_quality(ctx: RunContext, path) -> Quality:
+    """The int8 model scored like the student, from what its ONNX file returns."""
+    task, hardware = ctx.task, ctx.spec.targets.hardware
+    int8_eval = task.from_answer(onnx_outputs(path, ctx.eval_data.batches(EVAL_BATCH), hardware))
+    int8_train = None
+    if task.quality_needs_train_outputs:
+        int8_train = task.from_answer(onnx_outputs(path, ctx.train_data.batches(EVAL_BATCH), hardware))
+    return task.quality(int8_eval, ctx.teacher.eval, ctx.eval_data.labels, int8_train, ctx.train_data.labels)
+
+
+# ----------------------------------------------------------------------------- decide
+
+
+def decide(ctx: RunContext) -> None:
+    """The targets applied to the measured numbers; a non-finite number fails the run instead."""
+    m = ctx.measured
+    # model_dump in python mode: JSON mode would have turned NaN into null already.
+    numbers = {"teacher": m.teacher.model_dump(by_alias=True), "student": m.student.model_dump(by_alias=True),
+               "studentInt8": None if m.student_int8 is None else m.student_int8.model_dump(by_alias=True),
+               "onnxMaxAbsDiff": ctx.exported.onnx_max_abs_diff}
+    bad = non_finite_paths(numbers)
+    if bad:
+        raise NonFiniteError(f"measured {', '.join(bad[:5])} is NaN or infinite; check the inputs "
+                             "(features contain NaN/inf?) and the learning rate")
+    ctx.scores, ctx.verdict = apply_targets(ctx.spec.targets, finished.measured(m.teacher), finished.measured(m.student))
+
+
+# ----------------------------------------------------------------------------- write
+
+
+def build_result(ctx: RunContext) -> TrainerResult:
+    spec, state, m = ctx.spec, ctx.state, ctx.measured
+    return TrainerResult(
+        job=ctx.job.metadata.name, task=spec.teacher.task, hardware=spec.targets.hardware,
+        fingerprint=ctx.fingerprint, spec_hash=ctx.spec_hash, teacher_uri=spec.teacher.uri,
+        teacher=m.teacher, student=m.student, student_int8=m.student_int8,
+        teacher_layers=ctx.exported.teacher_layers, layers_kept=state.layers, layer_scores=state.layer_scores,
+        **finished.scored_fields(ctx.scores, ctx.verdict),
+        artifacts=publish.artifact_uris(ctx.store, spec, ctx.exported.int8_onnx is not None),
+        training=TrainingSummary(epochs=spec.distillation.epochs, steps=state.global_step,
+                                 seconds=round(ctx.train_seconds, 2), device=ctx.device.type,
+                                 history=state.history, resumed_from_step=ctx.resumed_from),
+        onnx_max_abs_diff=round(ctx.exported.onnx_max_abs_diff, 8), inputs=ctx.digests,
+        start_time=ctx.started, completion_time=now(),
+    )
+
+
+def write(ctx: RunContext) -> None:
+    ctx.progress.stage("writing", f"artifacts to {ctx.store.uri_for('')}")
+    result = build_result(ctx)
+    publish.write_artifacts(ctx.store, ctx.spec, ctx.exported.staging, ctx.exported.weights_dir, result, ctx.job)
+    ctx.result = result
+
+
+STAGES = (load, reuse_finished, teacher_outputs, select_layers, train, evaluate, export, benchmark, decide, write)

@@ -147,15 +147,21 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-@pytest.fixture(scope="session")
-def minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioServer]:
-    """A real MinIO server for the whole session (skips if not built)."""
+def require_minio_binary() -> Path:
+    """The built MinIO; skips when it is not built (fails under DISTILLERY_REQUIRE_MINIO=1)."""
     binary, where = _find_minio()
     if binary is None:
         reason = f"MinIO not built: run scripts/setup-test-tools.sh (looked at {where})"
         if os.environ.get("DISTILLERY_REQUIRE_MINIO") == "1":
             pytest.fail(f"DISTILLERY_REQUIRE_MINIO=1 but {reason}", pytrace=False)
         pytest.skip(reason)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioServer]:
+    """A real MinIO server for the whole session (skips if not built)."""
+    binary = require_minio_binary()
 
     root = tmp_path_factory.mktemp("minio")
     failures = []

@@ -48,7 +48,8 @@ def _walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str,
         yield from _walk(node["additionalProperties"], f"{path}{{}}")
 
 
-ALLOWED_KEYS = set(crdgen._ORDER) | {"x-kubernetes-validations"}
+# x-kubernetes-list-type: "set" makes the API server refuse duplicate items (student.layers).
+ALLOWED_KEYS = set(crdgen._ORDER) | {"x-kubernetes-validations", "x-kubernetes-list-type"}
 
 
 @pytest.mark.parametrize("name", [JOB, STUDENT])

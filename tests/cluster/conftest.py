@@ -162,22 +162,24 @@ def bring_up(cp: ControlPlane, binaries: dict) -> tuple[Cluster, subprocess.Pope
     return cluster, agent
 
 
+def start_control_plane(kind: type[ControlPlane], root: Path, binaries) -> ControlPlane:
+    """A started control plane of class `kind` under `root`; the test fails if two tries fail."""
+    failures = []
+    for attempt in range(2):  # a free port can be taken before a server binds it; retry once
+        cp = kind(work_dir=root / f"attempt{attempt}", binaries=binaries)
+        try:
+            cp.start()
+            return cp
+        except ControlPlaneError as err:
+            failures.append(f"attempt {attempt + 1}: {err}")
+    pytest.fail("control plane did not start:\n" + "\n".join(failures), pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A real control plane with the CRDs installed and the test node agent running."""
     binaries = require_binaries()
-    root = tmp_path_factory.mktemp("control-plane")
-    failures = []
-    for attempt in range(2):  # a free port can be taken before a server binds it; retry once
-        cp = ControlPlane(work_dir=root / f"attempt{attempt}", binaries=binaries)
-        try:
-            cp.start()
-            break
-        except ControlPlaneError as err:
-            failures.append(f"attempt {attempt + 1}: {err}")
-    else:
-        pytest.fail("control plane did not start:\n" + "\n".join(failures), pytrace=False)
-
+    cp = start_control_plane(ControlPlane, tmp_path_factory.mktemp("control-plane"), binaries)
     agent = None
     try:
         cluster, agent = bring_up(cp, binaries)

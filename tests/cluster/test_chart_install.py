@@ -384,7 +384,7 @@ def test_operator_runs_with_the_charts_service_account_args_and_env(
                       .get("onFrontier"), 60, "the StudentModel's frontier status (studentmodels/status)")
         assert sm is True
         events = control_plane.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
-        assert "TrainerJobCreated" in events  # events: create
+        assert '"reason": "Accepted"' in events  # events: create (the verdict's Event)
         time.sleep(1)
         # RBAC refusals read 'User "system:serviceaccount:..." cannot <verb> resource ...'. (A
         # cluster-wide operator may also meet other tests' namespaces being deleted, which the

@@ -11,55 +11,23 @@ after bounded tries, having shown their progress as unknown.
 from __future__ import annotations
 
 import json
-import socket
 import sys
-import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.cluster.operator_harness import OperatorProcess, apply, condition, get, wait_for
 from tests.digits import digits_job_document
+from tests.silent_endpoint import SilentServer, serving
 
 TRAINER = Path(__file__).with_name("store_free_trainer.py")
 
 
-class SilentEndpoint:
-    """Accepts TCP connections, reads nothing, answers nothing, closes nothing until stopped."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.port = self.sock.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        self.stopped = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self.stopped.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.accepted.append(conn)
-
-    def stop(self) -> None:
-        self.stopped.set()
-        for conn in self.accepted:
-            conn.close()
-        self.sock.close()
-
-
 @pytest.fixture
-def silent_endpoint():
-    endpoint = SilentEndpoint()
-    yield endpoint
-    endpoint.stop()
+def silent_server() -> Iterator[SilentServer]:
+    yield from serving()
 
 
 @pytest.fixture
@@ -74,7 +42,7 @@ def operator(control_plane, namespace, tmp_path):
     op.stop()
 
 
-def test_a_store_that_never_answers_stalls_only_its_own_jobs(control_plane, namespace, operator, silent_endpoint,
+def test_a_store_that_never_answers_stalls_only_its_own_jobs(control_plane, namespace, operator, silent_server,
                                                            tmp_path):
     apply(control_plane, namespace, {
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hung-creds",
@@ -84,7 +52,7 @@ def test_a_store_that_never_answers_stalls_only_its_own_jobs(control_plane, name
     for name in hung:
         doc = digits_job_document(tmp_path / "ws", tmp_path / name, targets={"maxAccuracyDrop": 0.5})
         doc["metadata"] = {"name": name}
-        doc["spec"]["output"] = {"uri": f"s3://bucket/{name}", "endpoint": f"http://127.0.0.1:{silent_endpoint.port}",
+        doc["spec"]["output"] = {"uri": f"s3://bucket/{name}", "endpoint": f"http://127.0.0.1:{silent_server.port}",
                                  "credentialsSecret": "hung-creds"}
         apply(control_plane, namespace, doc)
     for name in good:
@@ -109,7 +77,7 @@ def test_a_store_that_never_answers_stalls_only_its_own_jobs(control_plane, name
     good_done = time.monotonic() - start
     wait_for(lambda: all(phases().get(n) == "Failed" for n in hung), 240, "the hung jobs to give up",
              interval=0.3, on_timeout=operator.logs)
-    assert silent_endpoint.accepted, "the operator never called the endpoint"
+    assert silent_server.accepted, "the operator never called the endpoint"
     for name in hung:
         obj = get(control_plane, namespace, "distillationjob", name)
         c = condition(obj, "Succeeded")

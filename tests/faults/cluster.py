@@ -13,17 +13,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from tests.cluster.conftest import (
     Cluster,
     bring_up,
     namespace_name,
     require_binaries,
     restricted_namespace,
+    start_control_plane,
     wait_for,
 )
-from tests.cluster.controlplane import ControlPlane, ControlPlaneError, http_ok, stop_process
+from tests.cluster.controlplane import ControlPlane, http_ok, stop_process
 
 
 class RestartableControlPlane(ControlPlane):
@@ -54,16 +53,7 @@ class FaultCluster:
 
 def start_fault_cluster(root: Path) -> Iterator[FaultCluster]:
     binaries = require_binaries()
-    failures = []
-    for attempt in range(2):  # a free port can be taken before a server binds it; retry once
-        cp = RestartableControlPlane(work_dir=root / f"attempt{attempt}", binaries=binaries)
-        try:
-            cp.start()
-            break
-        except ControlPlaneError as err:
-            failures.append(f"attempt {attempt + 1}: {err}")
-    else:
-        pytest.fail("control plane did not start:\n" + "\n".join(failures), pytrace=False)
+    cp = start_control_plane(RestartableControlPlane, root, binaries)
     agent = None
     try:
         cluster, agent = bring_up(cp, binaries)

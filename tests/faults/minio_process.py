@@ -8,15 +8,13 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import (
     MINIO_STARTUP_TIMEOUT_S,
     MinioServer,
-    _find_minio,
     _healthy,
     _start_minio,
     _stop,
+    require_minio_binary,
 )
 
 
@@ -50,12 +48,7 @@ class RestartableMinio:
 
 def restartable_minio(root: Path) -> RestartableMinio:
     """Started; skips (or fails under DISTILLERY_REQUIRE_MINIO=1) when MinIO is not built."""
-    binary, where = _find_minio()
-    if binary is None:
-        reason = f"MinIO not built: run scripts/setup-test-tools.sh (looked at {where})"
-        if os.environ.get("DISTILLERY_REQUIRE_MINIO") == "1":
-            pytest.fail(f"DISTILLERY_REQUIRE_MINIO=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
+    binary = require_minio_binary()
     minio = RestartableMinio(binary, root / "data")
     minio.start()
     return minio

@@ -6,9 +6,7 @@ No MinIO needed: a local TCP server plays the hostile endpoint. Bounds are gener
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,42 +14,14 @@ from pathlib import Path
 import pytest
 
 from distillery.store import S3Store, StoreError, open_store
+from tests.silent_endpoint import SilentServer, serving
 
 SECRET = "very-secret-key-" + "q" * 16
 
 
-class SilentServer:
-    """Accepts every TCP connection and never sends a byte (nor closes it)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError, OSError):
-                conn, _ = self.sock.accept()
-                self.accepted.append(conn)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        for conn in [*self.accepted, self.sock]:
-            conn.close()
-
-
 @pytest.fixture
 def silent_server() -> Iterator[SilentServer]:
-    server = SilentServer()
-    yield server
-    server.close()
+    yield from serving()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from distillery.api.job import DistillationJob
 from distillery.api.load import describe_validation_error
-from distillery.api.result import TrainerResult
+from distillery.api.result import TrainerResult, non_finite_paths
 from distillery.fingerprint import spec_hash
 from distillery.verdict import Measured, Verdict, decide
 
@@ -37,17 +37,6 @@ class Refused:
 class Checked:
     result: TrainerResult
     verdict: Verdict
-
-
-def non_finite_fields(value: Any, where: str = "") -> list[str]:
-    """JSON paths of every NaN or infinite number in a parsed JSON document."""
-    if isinstance(value, float):
-        return [] if math.isfinite(value) else [where or "(top level)"]
-    if isinstance(value, Mapping):
-        return [p for k, v in value.items() for p in non_finite_fields(v, f"{where}.{k}" if where else str(k))]
-    if isinstance(value, list | tuple):
-        return [p for i, v in enumerate(value) for p in non_finite_fields(v, f"{where}[{i}]")]
-    return []
 
 
 def measured(metrics, parameters_fallback: int | None = None) -> Measured | None:
@@ -80,7 +69,7 @@ def check_result(raw: Any, job: DistillationJob, reported: Mapping[str, Any] | N
     targets.mustImproveFrontier; None when the frontier is not consulted).
     """
     where = f"{job.spec.output.uri.rstrip('/')}/result.json"
-    bad = non_finite_fields(raw)
+    bad = non_finite_paths(raw)
     if bad:
         return Refused("NonFiniteResult", f"{where} has non-finite numbers in {', '.join(bad[:5])}")
     try:

@@ -55,7 +55,7 @@ def test_run_with_s3_teacher_data_and_output(s3_env, tiny_teacher, bbc_data, tex
     # Nothing partial or temporary: every key is an artifact, the progress file, the teacher
     # output cache, or the one complete checkpoint a finished run keeps.
     allowed = re.compile(
-        r"(result\.json|metrics\.json|README\.md|progress\.json|model\.onnx|model/[^/]+"
+        r"(result\.json|metrics\.json|README\.md|progress\.json|model\.onnx|model/[^/]+|\.distillery-output\.json"
         r"|cache/teacher-outputs-[0-9a-f]+\.safetensors|checkpoints/latest\.json"
         r"|checkpoints/step-\d{8}/(student\.safetensors|optimizer\.pt))")
     unexpected = [k for k in keys if not allowed.fullmatch(k)]

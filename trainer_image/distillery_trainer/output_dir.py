@@ -176,19 +176,8 @@ class OwnedStore(Store):
         for key in ours:
             self.inner.delete(key)
         if ours:
-            self._release(ours)
-            self._prune_empty_folders(ours)
+            self._release(ours)  # also removes the local folders this left empty
 
-    def _prune_empty_folders(self, keys: list[str]) -> None:
-        """Local folders the deleted keys leave empty go too (S3 has no folders); a folder
-        holding anything else, such as a user's file, stays."""
-        root = self.inner.local_path("")
-        if root is None:
-            return
-        folders = {parent for key in keys for parent in (root / key).parents if parent != root and root in parent.parents}
-        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
-            with contextlib.suppress(OSError):  # not empty, or already gone
-                folder.rmdir()
 
 
 # ----------------------------------------------------------------------------- opening

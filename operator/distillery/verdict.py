@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from distillery.api.job import AccuracyDropType, Targets
+from distillery.api.job import AccuracyDropType, ModelMetrics, Targets
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,22 @@ class Measured:
     latency_ms: float
     size_bytes: int
     parameters: int
+    perplexity: float | None = None  # causal-lm only
+
+
+def measured(metrics: ModelMetrics) -> Measured | None:
+    """The numbers the rule needs from a model's metrics, or None when accuracy or latency is missing."""
+    if metrics.accuracy is None or metrics.latency_p50_ms is None:
+        return None
+    return Measured(accuracy=metrics.accuracy, latency_ms=metrics.latency_p50_ms, size_bytes=metrics.size_bytes or 0,
+                    parameters=metrics.parameters or 0, perplexity=metrics.perplexity)
+
+
+def perplexity_increase(teacher: Measured, student: Measured) -> float | None:
+    """(student - teacher) / teacher perplexity, None when either was not measured."""
+    if teacher.perplexity is None or student.perplexity is None or teacher.perplexity <= 0:
+        return None
+    return (student.perplexity - teacher.perplexity) / teacher.perplexity
 
 
 @dataclass(frozen=True)
@@ -109,6 +125,18 @@ def decide(
             f"speedup {s.speedup:.2f}x >= {targets.min_speedup:g}x",
             f"speedup {s.speedup:.2f}x is below minSpeedup {targets.min_speedup:g}x",
         )
+    if targets.max_perplexity_increase is not None:
+        increase = perplexity_increase(teacher, student)
+        bound = targets.max_perplexity_increase
+        if increase is None:
+            misses.append("perplexity was not measured, so maxPerplexityIncrease cannot be checked")
+        else:
+            check(
+                increase <= bound + EPS,
+                f"perplexity increase {increase:.4f} <= {bound:g} ({student.perplexity:.2f} vs {teacher.perplexity:.2f})",
+                f"perplexity increase {increase:.4f} exceeds maxPerplexityIncrease {bound:g} "
+                f"({student.perplexity:.2f} vs {teacher.perplexity:.2f})",
+            )
     if targets.max_size_bytes is not None:
         check(
             student.size_bytes <= targets.max_size_bytes,

@@ -146,6 +146,15 @@ INVALID = [
      ["spec.resources.tolerations[0]", "Exists takes no value"]),
     ("toleration-seconds-without-noexecute", _set("spec.resources.tolerations", [{"key": "a", "tolerationSeconds": 5}]),
      ["spec.resources.tolerations[0]", "tolerationSeconds needs effect NoExecute"]),
+    ("perplexity-target-on-a-classifier", _set("spec.targets.maxPerplexityIncrease", 0.3),
+     ["maxPerplexityIncrease needs teacher.task causal-lm"]),
+    ("causal-lm-on-arrays", lambda d: (_set("spec.teacher.task", "causal-lm")(d), _set("spec.dataset.format", "npz")(d)),
+     ["causal-lm needs a huggingface teacher and jsonl data"]),
+    ("causal-lm-onnx-teacher", lambda d: (_set("spec.teacher.task", "causal-lm")(d), _set("spec.teacher.format", "onnx")(d),
+                                          _set("spec.student.base", {"uri": "file:///m"})(d)),
+     ["causal-lm needs a huggingface teacher and jsonl data"]),
+    ("teacher-logits-unknown", _set("spec.distillation.teacherLogits", "all"), ["spec.distillation.teacherLogits"]),
+    ("top-k-zero", _set("spec.distillation.topK", 0), ["spec.distillation.topK"]),
 ]  # fmt: skip
 
 
@@ -185,6 +194,11 @@ VALID = [
         {"key": "pool", "value": "batch"},
         {"key": "spot", "operator": "Equal", "value": "yes", "effect": "NoExecute", "tolerationSeconds": 60},
         {"operator": "Exists"}])),  # the schema allows it; the chart's policy decides (controller/policy.py)
+    ("causal-lm", lambda d: (_set("spec.teacher.task", "causal-lm")(d),
+                             _set("spec.targets", {"maxPerplexityIncrease": 0.3, "minSpeedup": 1.4})(d),
+                             _set("spec.distillation", {"teacherLogits": "online", "topK": 16, "alpha": 1})(d),
+                             _set("spec.student", {"keepFirstAndLast": False, "importanceMetric": "angular-distance"})(d),
+                             _set("spec.benchmark.decodeTokens", 16)(d))),
 ]  # fmt: skip
 
 

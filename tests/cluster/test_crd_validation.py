@@ -92,6 +92,10 @@ def test_minimal_job_is_created_with_server_side_defaults(control_plane: Cluster
         pytest.param(lambda s: s.update(resources={"tolerations": [{"key": "a", "tolerationSeconds": 5}]}),
                      ["spec.resources.tolerations[0]", "tolerationSeconds needs effect NoExecute"],
                      id="tolerationSeconds-without-NoExecute"),
+        pytest.param(lambda s: s.update(targets={"maxPerplexityIncrease": 0.3}),
+                     ["targets.maxPerplexityIncrease needs teacher.task causal-lm"], id="perplexity-target-classifier"),
+        pytest.param(lambda s: (s["teacher"].update(task="causal-lm"), s["dataset"].update(format="npz")),
+                     ["teacher.task causal-lm needs a huggingface teacher and jsonl data"], id="causal-lm-npz"),
     ],
 )
 def test_invalid_job_is_refused_naming_the_field(control_plane: Cluster, namespace: str,
@@ -103,6 +107,15 @@ def test_invalid_job_is_refused_naming_the_field(control_plane: Cluster, namespa
     for text in expected:
         assert text in result.stderr
     assert "No resources found" in control_plane.kubectl("get", "dj", "-n", namespace).stderr
+
+
+def test_causal_lm_job_with_its_targets_is_accepted(control_plane: Cluster, namespace: str):
+    doc = job_with(lambda s: (s["teacher"].update(task="causal-lm"),
+                              s.update(targets={"maxPerplexityIncrease": 0.3, "minSpeedup": 1.4},
+                                       distillation={"teacherLogits": "online", "alpha": 1})))
+    apply(control_plane, namespace, doc)
+    spec = json.loads(control_plane.kubectl("get", "dj", "x", "-n", namespace, "-o", "json").stdout)["spec"]
+    assert spec["distillation"]["topK"] == 64 and spec["benchmark"]["decodeTokens"] == 32
 
 
 def test_onnx_teacher_with_student_base_is_accepted(control_plane: Cluster, namespace: str):

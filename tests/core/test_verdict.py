@@ -61,3 +61,25 @@ def test_frontier_rule_rejects_only_when_asked_and_dominated():
     assert not v.accepted and "dominated" in v.reasons[0]
     _, v = decide(Targets(), TEACHER, STUDENT, dominated_by=["other"])
     assert v.accepted
+
+
+# A causal LM: perplexity 30 -> 36 is a relative increase of 0.2.
+LM_TEACHER = Measured(accuracy=0.40, latency_ms=80.0, size_bytes=1000, parameters=1000, perplexity=30.0)
+LM_STUDENT = Measured(accuracy=0.36, latency_ms=50.0, size_bytes=600, parameters=600, perplexity=36.0)
+
+
+@pytest.mark.parametrize(("bound", "accepted"), [(0.2, True), (0.25, True), (0.19, False), (0.0, False)])
+def test_max_perplexity_increase_is_relative_to_the_teacher(bound, accepted):
+    _, verdict = decide(Targets(max_perplexity_increase=bound), LM_TEACHER, LM_STUDENT)
+    assert verdict.accepted is accepted
+    assert "perplexity increase 0.2000" in verdict.reasons[0] and "36.00 vs 30.00" in verdict.reasons[0]
+
+
+def test_a_perplexity_target_without_measured_perplexity_rejects_with_a_reason():
+    _, verdict = decide(Targets(max_perplexity_increase=1.0), TEACHER, STUDENT)
+    assert not verdict.accepted and "perplexity was not measured" in verdict.reasons[0]
+
+
+def test_decode_speedup_is_the_latency_ratio_for_a_causal_lm():
+    scores, verdict = decide(Targets(min_speedup=1.6), LM_TEACHER, LM_STUDENT)
+    assert scores.speedup == pytest.approx(1.6) and verdict.accepted

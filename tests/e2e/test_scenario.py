@@ -4,9 +4,10 @@ One cluster, one install, tests in order (each builds on the state the previous 
 
 1. MinIO from its image in namespace `minio`; the chart installed with `helm install --wait`; the
    operator Deployment Ready through its real probes; `helm test` passes.
-2. Teachers and data uploaded to MinIO through `kubectl port-forward`; five jobs applied at once: a
-   text job (a tiny BERT fine-tuned on BBC News) and the digits MLP job, both accepted; a rejected
-   job; an invalid-input job; a job whose memory limit is too small. The trainers run in real
+2. Teachers and data uploaded to MinIO through `kubectl port-forward`; six jobs applied at once: a
+   text job (a tiny BERT fine-tuned on BBC News), the digits MLP job and a decoder job (a tiny Llama
+   trained on BBC text, causal-lm), all accepted; a rejected job; an invalid-input job; a job whose
+   memory limit is too small. The trainers run in real
    containers under the "restricted" Pod Security profile and reach MinIO by its Service name.
 3. The operator pod is deleted mid-training (its replacement carries on: one trainer Job, result
    kept), and a trainer pod is deleted mid-training (the retried pod resumes from its checkpoint).
@@ -49,6 +50,7 @@ from tests.e2e.stack import (
     upload_tree,
     wait_for,
 )
+from tests.tiny_decoder import read_texts, write_tiny_llama
 from tests.trainer.text.conftest import MAX_LENGTH, bbc_data, tiny_teacher  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
@@ -191,7 +193,7 @@ def _install_chart(cluster: E2ECluster) -> None:
                  "--set", "operator.verbose=true", timeout=600)
 
 
-def _upload_inputs(s3, digits: Path, teacher, bbc) -> None:
+def _upload_inputs(s3, digits: Path, teacher, bbc, decoder: Path) -> None:
     with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
         s3.create_bucket(Bucket=BUCKET)
     upload_tree(s3, digits / "teacher", "teachers/digits-mlp")
@@ -200,15 +202,18 @@ def _upload_inputs(s3, digits: Path, teacher, bbc) -> None:
     upload_tree(s3, teacher.path, "teachers/tiny-bert")
     upload_tree(s3, bbc.train, "data/bbc/train.jsonl")
     upload_tree(s3, bbc.eval, "data/bbc/eval.jsonl")
+    upload_tree(s3, decoder, "teachers/tiny-llama")
 
 
 @pytest.fixture(scope="module")
-def stack(cluster: E2ECluster, digits_workspace: Path, tiny_teacher, bbc_data) -> Iterator[Stack]:  # noqa: F811
+def stack(cluster: E2ECluster, digits_workspace: Path, tiny_teacher, bbc_data,  # noqa: F811
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     _install_minio(cluster)
     _install_chart(cluster)
+    decoder = write_tiny_llama(tmp_path_factory.mktemp("decoder") / "tiny-llama", read_texts(bbc_data.train))
     with port_forward(cluster, "minio", "svc/minio", 9000) as port:
         s3 = s3_client(f"http://127.0.0.1:{port}")
-        _upload_inputs(s3, digits_workspace, tiny_teacher, bbc_data)
+        _upload_inputs(s3, digits_workspace, tiny_teacher, bbc_data, decoder)
         yield Stack(cluster, s3, digits_workspace, tiny_teacher, bbc_data)
 
 
@@ -263,6 +268,21 @@ def text_job(name: str) -> dict:
     }
 
 
+def decoder_job(name: str) -> dict:
+    """The tiny Llama (6 layers) into 4 by block influence, healed on its top-k next-token log-probabilities."""
+    doc = text_job(name)
+    spec = doc["spec"]
+    spec["teacher"] = {"uri": f"s3://{BUCKET}/teachers/tiny-llama", "task": "causal-lm"}
+    spec["dataset"].update(maxSequenceLength=32, maxPromptRows=20)
+    spec["student"] = {"method": "importance", "importanceMetric": "block-influence", "keepLayers": 4}
+    spec["distillation"] = {"temperature": 1.0, "alpha": 0.5, "epochs": 1, "learningRate": 3e-3, "batchSize": 8,
+                            "topK": 16}
+    spec["targets"] = {"maxPerplexityIncrease": 10.0, "hardware": "cpu"}
+    spec["benchmark"] = {"batchSize": 2, "sequenceLength": 16, "decodeTokens": 8, "iterations": 3, "warmup": 1,
+                         "threads": 1}
+    return doc
+
+
 # Long enough to be caught mid-training: 1400 small steps (about a minute on a busy 2-core machine), a checkpoint
 # every 50 of them (the time rule is off: checkpointEverySeconds is large).
 LONG_TRAINING = {"epochs": 8, "batchSize": 8, "checkpointEverySteps": 50, "checkpointEverySeconds": 3600}
@@ -270,6 +290,7 @@ LONG_TRAINING = {"epochs": 8, "batchSize": 8, "checkpointEverySteps": 50, "check
 FIRST_WAVE = {
     "text": text_job("text"),
     "digits": digits_job("digits"),
+    "decoder": decoder_job("decoder"),
     "rejected": digits_job("rejected", targets={"minSpeedup": 1000.0}),
     "invalid": digits_job("invalid", dataset={"labelField": "no_such_field"}),
     "oom": digits_job("oom", resources={"memory": "100Mi"}),
@@ -306,9 +327,9 @@ def test_operator_deployment_is_ready_through_its_probes(stack: Stack):
     assert "Phase:          Succeeded" in result.stdout or "Succeeded" in result.stdout, result.stdout
 
 
-def test_text_and_digits_students_are_accepted_and_registered(stack: Stack, first_wave):
+def test_text_digits_and_decoder_students_are_accepted_and_registered(stack: Stack, first_wave):
     c = stack.cluster
-    for name in ("text", "digits"):
+    for name in ("text", "digits", "decoder"):
         # What the README tells users to run; it returns at once, the job having finished.
         c.kubectl("wait", "--for=condition=Succeeded", f"distillationjob/{name}", "-n", JOBS_NS, "--timeout=60s")
         status = first_wave[name]
@@ -333,7 +354,7 @@ def test_artifacts_in_the_bucket_load(stack: Stack, first_wave):
     import onnxruntime as ort
     from safetensors.numpy import load_file
 
-    for name in ("text", "digits"):
+    for name in ("text", "digits", "decoder"):
         result = stack.result(name)
         assert result["decision"]["accepted"] is True
         prefix = result["artifacts"]["uri"].removeprefix(f"s3://{BUCKET}/")
@@ -345,7 +366,18 @@ def test_artifacts_in_the_bucket_load(stack: Stack, first_wave):
             weights = load_file(str(Path(tmp) / "model" / "model.safetensors"))
             assert weights and all(np.isfinite(w).all() for w in weights.values())
             session = ort.InferenceSession(str(Path(tmp) / "model.onnx"), providers=["CPUExecutionProvider"])
-            if name == "digits":
+            if name == "decoder":  # a Hugging Face decoder that generates, and its prefill graph
+                import torch
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+
+                model = AutoModelForCausalLM.from_pretrained(str(Path(tmp) / "model"), use_safetensors=True)
+                assert model.config.num_hidden_layers == 4
+                ids = AutoTokenizer.from_pretrained(str(Path(tmp) / "model"))("shares rose", return_tensors="pt")
+                with torch.no_grad():
+                    assert model.generate(**ids, max_new_tokens=4, do_sample=False).shape[1] == ids["input_ids"].shape[1] + 4
+                feeds = {i.name: ids[i.name].numpy().astype(np.int64) for i in session.get_inputs()}
+                assert session.run(None, feeds)[0].shape == (1, ids["input_ids"].shape[1], model.config.vocab_size)
+            elif name == "digits":
                 x = np.load(stack.digits / "data" / "eval.npz")["x"][:8]
                 logits = session.run(None, {session.get_inputs()[0].name: x})[0]
                 assert logits.shape == (8, 10)

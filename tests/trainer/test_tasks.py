@@ -19,8 +19,9 @@ def test_every_task_has_one_strategy_registered_by_name():
         strategy = for_task(task)
         assert strategy.task == task and for_task(task.value) is strategy
     with pytest.raises(InputError, match="teacher.task"):
-        for_task("causal-lm")
-    assert set(TEXT_TASKS) == {Task.SEQUENCE_CLASSIFICATION, Task.SENTENCE_EMBEDDING}
+        for_task("masked-lm")
+    assert set(TEXT_TASKS) == {Task.SEQUENCE_CLASSIFICATION, Task.SENTENCE_EMBEDDING, Task.CAUSAL_LM}
+    assert for_task(Task.CAUSAL_LM).causal and not for_task(Task.SEQUENCE_CLASSIFICATION).causal
     assert for_task(Task.IMAGE_CLASSIFICATION).dataset_format == DatasetFormat.NPZ
     assert for_task(Task.SENTENCE_EMBEDDING).torch_format == TeacherFormat.HUGGINGFACE
 

@@ -88,6 +88,29 @@ def check_fits(state: CheckpointState, weights: dict[str, torch.Tensor], student
             raise CorruptCheckpoint(f"tensor {name} is not finite")
 
 
+def tied_names(state_dict: dict[str, torch.Tensor]) -> dict[str, str]:
+    """{alias: name} for tensors that share storage with an earlier one (tied input and output
+    embeddings): safetensors stores each storage once."""
+    first: dict[tuple, str] = {}
+    aliases = {}
+    for name, tensor in state_dict.items():
+        where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if where in first:
+            aliases[name] = first[where]
+        else:
+            first[where] = name
+    return aliases
+
+
+def fill_tied(weights: dict[str, torch.Tensor], student_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors plus the student's tied aliases, for load_state_dict."""
+    filled = dict(weights)
+    for alias, name in tied_names(student_state).items():
+        if alias not in filled and name in filled:
+            filled[alias] = filled[name]
+    return filled
+
+
 class Checkpoints:
     def __init__(self, store, fingerprint: str):
         self.store = store
@@ -138,7 +161,8 @@ class Checkpoints:
 
     def save(self, state: CheckpointState, student_state: dict, optimizer_payload: dict) -> None:
         folder = f"checkpoints/step-{state.global_step:08d}"
-        tensors = {k: v.detach().contiguous().cpu() for k, v in student_state.items()}
+        aliases = tied_names(student_state)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in student_state.items() if k not in aliases}
         self.store.write_bytes(f"{folder}/student.safetensors", save_safetensors(tensors))
         buffer = io.BytesIO()
         torch.save(optimizer_payload, buffer)

@@ -14,6 +14,8 @@ class Quality:
     metric_name: str
     agreement: float | None = None  # share of predictions equal to the teacher's
     fidelity: float | None = None  # mean cosine to the teacher's embeddings
+    perplexity: float | None = None  # causal-lm: held-out perplexity
+    zero_shot_accuracy: float | None = None  # causal-lm: labelled eval rows by label likelihood
 
 
 def knn_accuracy(index_emb: torch.Tensor, index_labels: torch.Tensor,

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from distillery.api.job import Decision, ModelMetrics, Targets
+from distillery.api.job import Decision, Targets
 from distillery.api.load import describe_validation_error
 from distillery.api.result import InputDigests, TrainerResult
-from distillery.verdict import Measured, Scores, Verdict, decide
+from distillery.verdict import Scores, Verdict, decide, measured
 
 
 @dataclass(frozen=True)
@@ -23,14 +23,6 @@ class Rerun:
     """The stored result cannot stand for this run; why, in one line without data values."""
 
     reason: str
-
-
-def measured(metrics: ModelMetrics, parameters: int | None = None) -> Measured | None:
-    """The numbers the acceptance rule needs, or None when the accuracy or latency is missing."""
-    if metrics.accuracy is None or metrics.latency_p50_ms is None:
-        return None
-    return Measured(metrics.accuracy, metrics.latency_p50_ms, metrics.size_bytes or 0,
-                    parameters if parameters is not None else metrics.parameters or 0)
 
 
 def scored_fields(scores: Scores, verdict: Verdict) -> dict:

@@ -73,7 +73,9 @@ def read_config(path: Path, field: str) -> dict:
 
 
 def needs_labels(task: Task) -> bool:
-    return task != Task.SENTENCE_EMBEDDING
+    """Labels are optional for an embedding and for a causal LM (there, eval labels only feed the
+    zero-shot task metric)."""
+    return task not in (Task.SENTENCE_EMBEDDING, Task.CAUSAL_LM)
 
 
 def load_tokenizer(path: Path, field: str):
@@ -137,11 +139,17 @@ def teacher_class_count(path: Path, fmt: TeacherFormat) -> int | None:
 
 def check_teacher_has_head(path: Path, job: DistillationJob) -> None:
     config = read_config(path, "teacher.uri")
-    if job.spec.teacher.task != Task.SEQUENCE_CLASSIFICATION:
+    task = job.spec.teacher.task
+    if task not in (Task.SEQUENCE_CLASSIFICATION, Task.CAUSAL_LM):
         return
     archs = config.get("architectures") or []
     if not isinstance(archs, list):
         raise InputError("teacher.uri: config.json architectures must be a list")
+    if task == Task.CAUSAL_LM:
+        if archs and not any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+            raise InputError(f"teacher.uri: {path} is not a causal language model (config.json architectures "
+                             "name no *ForCausalLM / *LMHeadModel)")
+        return
     if archs and not any("ForSequenceClassification" in str(a) for a in archs):
         raise InputError(
             f"teacher.uri: {path} is a model without a classification head (config.json architectures); "
@@ -171,7 +179,12 @@ def load_inputs(job: DistillationJob, work: Path) -> Inputs:
                        ds.max_eval_rows, needs_labels(task))
 
     labels = None
-    if train.raw_labels is not None:
+    if task == Task.CAUSAL_LM:
+        # The zero-shot task's classes are the eval split's labels; the train split's are unused.
+        if evals.raw_labels is not None:
+            labels = LabelMap.infer(evals.raw_labels, spec.teacher.labels, None)
+            evals.labels = labels.encode(evals.raw_labels, f"dataset.evalUri {ds.eval_uri}", ds.label_field)
+    elif train.raw_labels is not None:
         fmt = spec.teacher.format
         count = teacher_class_count(teacher_path, fmt) if task != Task.SENTENCE_EMBEDDING else None
         names = spec.teacher.labels or teacher_label_names(teacher_path, fmt)
@@ -196,6 +209,11 @@ def load_inputs(job: DistillationJob, work: Path) -> Inputs:
 
 
 def encode(split: Split, inputs: Inputs, job: DistillationJob) -> Encoded:
+    if job.spec.teacher.task == Task.CAUSAL_LM:
+        from distillery_trainer.lm.text_blocks import pack_blocks
+
+        field = "dataset.evalUri" if split is inputs.eval else "dataset.trainUri"
+        return pack_blocks(split.texts, inputs.tokenizer, job.spec.dataset.max_sequence_length, field)
     if inputs.tokenizer is not None:
         return encode_text(split, inputs.tokenizer, job.spec.dataset.max_sequence_length)
     return encode_features(split)

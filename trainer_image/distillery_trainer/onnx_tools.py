@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distillery.api.job import Benchmark, Hardware
+from distillery.api.job import Benchmark, Hardware, Task
 from distillery_trainer.errors import InputError
 from distillery_trainer.nets import Net
 
@@ -68,7 +68,8 @@ def export_onnx(net: Net, path: Path, example: tuple, opset: int) -> Path:
     module = net.export_module().cpu().eval()
     names = list(net.input_names)
     dynamic = {n: {0: "batch", 1: "sequence"} if n != "features" else {0: "batch"} for n in names}
-    dynamic["output"] = {0: "batch"}
+    # A decoder returns logits per token (batch, sequence, vocabulary); a classifier one row per example.
+    dynamic["output"] = {0: "batch", 1: "sequence"} if net.task == Task.CAUSAL_LM else {0: "batch"}
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

@@ -1,4 +1,5 @@
-"""What a model produced on a split: logits (classifiers) and one pooled vector per example.
+"""What a model produced on a split: logits (classifiers), one pooled vector per example, or, for
+a causal LM, its most likely next tokens per position.
 
 Kept apart from teacher.py so the task strategies, evaluation and training can share it without
 importing the model loaders.
@@ -6,56 +7,65 @@ importing the model loaders.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 
 @dataclass
 class TeacherOutputs:
-    """What the student learns from: logits (classification) and a pooled vector per example."""
+    """What the student learns from. Every field is N-first (one row per example or block)."""
 
     logits: torch.Tensor | None
     pooled: torch.Tensor | None
+    # Causal LM: log-probabilities at the distillation temperature of the k most likely next tokens
+    # (N, L, k), sorted descending, and those tokens' ids (N, L, k); k >= vocabulary means all.
+    topk_logprobs: torch.Tensor | None = None
+    topk_ids: torch.Tensor | None = None
+
+    def _present(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
     def as_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        out = {}
-        if self.logits is not None:
-            out[f"{prefix}.logits"] = self.logits.contiguous()
-        if self.pooled is not None:
-            out[f"{prefix}.pooled"] = self.pooled.contiguous()
-        return out
+        return {f"{prefix}.{name}": tensor.contiguous() for name, tensor in self._present().items()}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str) -> TeacherOutputs:
-        return cls(tensors.get(f"{prefix}.logits"), tensors.get(f"{prefix}.pooled"))
+        return cls(**{f.name: tensors.get(f"{prefix}.{f.name}") for f in fields(cls)})
 
     @classmethod
     def concat(cls, parts: list[TeacherOutputs]) -> TeacherOutputs:
-        logits = [p.logits for p in parts if p.logits is not None]
-        pooled = [p.pooled for p in parts if p.pooled is not None]
-        return cls(torch.cat(logits) if logits else None, torch.cat(pooled) if pooled else None)
+        joined = {}
+        for f in fields(cls):
+            present = [getattr(p, f.name) for p in parts if getattr(p, f.name) is not None]
+            joined[f.name] = torch.cat(present) if present else None
+        return cls(**joined)
 
     def rows(self, index: torch.Tensor) -> TeacherOutputs:
         """The outputs of the rows at `index` (a batch, or a sample to compare)."""
-        return TeacherOutputs(None if self.logits is None else self.logits[index],
-                              None if self.pooled is None else self.pooled[index])
+        return TeacherOutputs(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
+                                 for f in fields(self)})
 
     def to(self, device: torch.device | str) -> TeacherOutputs:
-        return TeacherOutputs(None if self.logits is None else self.logits.to(device),
-                              None if self.pooled is None else self.pooled.to(device))
+        return TeacherOutputs(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                                 for f in fields(self)})
 
     def __len__(self) -> int:
-        present = self.logits if self.logits is not None else self.pooled
-        return 0 if present is None else int(present.shape[0])
+        present = self._present()
+        return 0 if not present else int(next(iter(present.values())).shape[0])
 
     def first_non_finite_row(self) -> int | None:
-        """The first row holding NaN or inf in any output, or None when all are finite."""
+        """The first row holding NaN or inf in any floating output, or None when all are finite.
+        (A top-k log-probability may be -inf when a token has no mass at all: that is finite enough.)"""
         bad = None
-        for tensor in (self.logits, self.pooled):
-            if tensor is None:
+        for name, tensor in self._present().items():
+            if not tensor.is_floating_point():
                 continue
-            rows = (~torch.isfinite(tensor.float())).reshape(len(tensor), -1).any(dim=1).nonzero()
+            values = tensor.float()
+            broken = torch.isnan(values) | (values == float("inf"))
+            if name != "topk_logprobs":
+                broken |= values == float("-inf")
+            rows = broken.reshape(len(tensor), -1).any(dim=1).nonzero()
             if len(rows):
                 row = int(rows[0])
                 bad = row if bad is None else min(bad, row)

@@ -20,7 +20,7 @@ from distillery_trainer import preflight
 from distillery_trainer.output_dir import open_output
 from distillery_trainer.progress import Progress
 from distillery_trainer.run_context import RunContext
-from distillery_trainer.stages import EVAL_BATCH, STAGES, now, onnx_parameter_count
+from distillery_trainer.stages import EVAL_BATCH, STAGES, now, onnx_parameter_count, stages_for
 from distillery_trainer.tasks import for_task
 
 __all__ = ["EVAL_BATCH", "STAGES", "onnx_parameter_count", "pick_device", "run"]
@@ -55,7 +55,7 @@ def run(job: DistillationJob, *, restart: bool = False, progress: Progress | Non
             ctx = RunContext(job=job, store=store, progress=progress, device=pick_device(), work=work,
                              task=for_task(spec.teacher.task), fingerprint=training_fingerprint(spec),
                              spec_hash=spec_hash(spec), started=started, restart=restart)
-            for stage in STAGES:
+            for stage in stages_for(ctx.task):
                 stage(ctx)
                 if ctx.result is not None:
                     break

@@ -21,7 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from distillery.api.job import DistillationJob, ExtractionMethod, Task, TeacherFormat
+from distillery.api.job import (
+    DistillationJob,
+    ExtractionMethod,
+    HiddenLossType,
+    Task,
+    TeacherFormat,
+)
 from distillery_trainer import extraction
 from distillery_trainer.builtin import BuiltinConfig, read_builtin_config
 from distillery_trainer.errors import InputError
@@ -66,9 +72,28 @@ def check_spec(job: DistillationJob) -> None:
             raise InputError(f"student.architecture.hiddenSize: at most {MAX_ARCH_HIDDEN}")
         if arch.num_blocks > MAX_ARCH_BLOCKS:
             raise InputError(f"student.architecture.numBlocks: at most {MAX_ARCH_BLOCKS}")
+    if spec.teacher.task == Task.CAUSAL_LM:
+        check_causal_lm_spec(job)
     if spec.teacher.format == TeacherFormat.ONNX and spec.student.base is None and arch is None:
         raise InputError("student.base: an ONNX teacher has no layers to extract; give student.base "
                          "or student.architecture")
+
+
+def check_causal_lm_spec(job: DistillationJob) -> None:
+    """What a causal-LM run does not do (yet), said before anything is downloaded."""
+    spec = job.spec
+    if spec.student.base is not None or spec.student.architecture is not None:
+        raise InputError("student.base / student.architecture: a causal-lm student is cut from the teacher's "
+                         "own layers; other students are not supported for causal-lm")
+    if spec.distillation.hidden_loss.type != HiddenLossType.NONE:
+        raise InputError("distillation.hiddenLoss: not used for causal-lm (the student learns the teacher's "
+                         "next-token distributions)")
+    student = spec.student
+    protect = student.keep_first_and_last is not False
+    scoring = student.method == ExtractionMethod.IMPORTANCE
+    if protect and scoring and student.keep_layers is not None and student.keep_layers < 2:
+        raise InputError("student.keepLayers: keeping the first and last layers needs at least 2 "
+                         "(or set student.keepFirstAndLast: false)")
 
 
 # ----------------------------------------------------------------------------- reading models
@@ -180,7 +205,10 @@ def check_positions(job: DistillationJob, facts: ModelFacts) -> None:
     if job.spec.teacher.task not in TEXT_TASKS or facts.max_positions is None:
         return
     limit, source = facts.max_positions, facts.positions_source
-    for name, value in (("benchmark.sequenceLength", job.spec.benchmark.sequence_length),
+    bench = job.spec.benchmark
+    decode = bench.decode_tokens if job.spec.teacher.task == Task.CAUSAL_LM else 0
+    for name, value in (("benchmark.sequenceLength" + (" + benchmark.decodeTokens" if decode else ""),
+                         bench.sequence_length + decode),
                         ("dataset.maxSequenceLength", job.spec.dataset.max_sequence_length)):
         if value > limit:
             raise InputError(f"{name}: {value} is more than {facts.field}'s {limit} positions ({source})")

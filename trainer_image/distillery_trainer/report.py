@@ -27,14 +27,19 @@ def table(result: TrainerResult) -> str:
     if result.student_int8 is not None:
         cols.append(("student int8", result.student_int8))
     metric = result.student.metric_name or "accuracy"
+    decode = result.student.latency_name == "decode-ms-per-token"
+    latency = "decode ms/token" if decode else "latency"
     rows = [
+        ("perplexity", [_fmt(m.perplexity, ".2f") for _, m in cols]),
         (metric, [_fmt(m.accuracy) for _, m in cols]),
+        ("zero-shot accuracy", [_fmt(m.zero_shot_accuracy) for _, m in cols]),
         ("agreement w/ teacher", ["-"] + [_fmt(m.agreement) for _, m in cols[1:]]),
         ("fidelity (cosine)", ["-"] + [_fmt(m.fidelity) for _, m in cols[1:]]),
-        ("latency p50", [_fmt(m.latency_p50_ms, ".2f", " ms") for _, m in cols]),
-        ("latency p95", [_fmt(m.latency_p95_ms, ".2f", " ms") for _, m in cols]),
+        (f"{latency} p50", [_fmt(m.latency_p50_ms, ".2f", " ms") for _, m in cols]),
+        (f"{latency} p95", [_fmt(m.latency_p95_ms, ".2f", " ms") for _, m in cols]),
+        ("prefill tokens/s", [_fmt(m.prefill_tokens_per_second, ".0f") for _, m in cols]),
         ("parameters", [f"{m.parameters:,}" if m.parameters else "-" for _, m in cols]),
-        ("size (onnx)", [_size(m.size_bytes) for _, m in cols]),
+        ("size (safetensors)" if decode else "size (onnx)", [_size(m.size_bytes) for _, m in cols]),
         ("layers", [str(m.num_layers) if m.num_layers else "-" for _, m in cols]),
     ]
     rows = [r for r in rows if any(v != "-" for v in r[1])]
@@ -45,7 +50,8 @@ def table(result: TrainerResult) -> str:
         lines.append("  ".join([label.ljust(width0)] + [v.rjust(w) for v, w in zip(values, widths, strict=True)]))
     lines.append("")
     lines.append(f"layers kept        {result.layers_kept} of {result.teacher_layers or '?'}")
-    lines.append(f"speedup            {result.speedup:.2f}x  ({result.hardware.value}, onnxruntime)")
+    how = "decode at batch 1, torch" if decode else "onnxruntime"
+    lines.append(f"speedup            {result.speedup:.2f}x  ({result.hardware.value}, {how})")
     lines.append(f"accuracy retention {result.accuracy_retention:.4f}")
     lines.append(f"compression ratio  {result.compression_ratio:.2f}x")
     lines.append(f"pareto score       {result.pareto_score:.4f}")
@@ -76,9 +82,20 @@ def metrics_document(result: TrainerResult) -> dict:
     return doc
 
 
-def model_card(result: TrainerResult, job) -> str:
+def measured_how(result: TrainerResult, spec) -> str:
+    """How the card's numbers were taken, in one line."""
     from distillery_trainer.tasks import for_task  # torch: only the trainer writes model cards
 
+    bench = spec.benchmark
+    if for_task(result.task).causal:
+        return (f"eval text in {spec.dataset.max_sequence_length}-token blocks; decode latency in torch on "
+                f"{result.hardware.value}, batch 1, {bench.decode_tokens} tokens after a {bench.sequence_length}-token "
+                f"prompt; prefill at batch {bench.batch_size}")
+    sequence = f", sequence {bench.sequence_length}" if for_task(result.task).text else ""
+    return f"eval split; latency with onnxruntime on {result.hardware.value}, batch {bench.batch_size}{sequence}"
+
+
+def model_card(result: TrainerResult, job) -> str:
     spec = job.spec
     d = spec.distillation
     verdict = "accepted" if result.decision.accepted else "rejected"
@@ -96,7 +113,7 @@ Distilled by Distillery from `{result.teacher_uri}` ({spec.teacher.format.value}
   `{d.hidden_loss.type.value}`.
 - Data: train `{spec.dataset.train_uri}`, eval `{spec.dataset.eval_uri}`.
 
-## Measured (eval split; latency with onnxruntime on {result.hardware.value}, batch {spec.benchmark.batch_size}{", sequence " + str(spec.benchmark.sequence_length) if for_task(result.task).text else ""})
+## Measured ({measured_how(result, spec)})
 
 ```
 {table(result)}

@@ -29,7 +29,7 @@ class Exported:
     staging: Path  # what write uploads: model/, model.onnx, model.int8.onnx
     weights_dir: Path
     student_onnx: Path
-    teacher_onnx: Path
+    teacher_onnx: Path | None  # None for a causal LM, measured in torch
     int8_onnx: Path | None
     example: tuple  # the benchmark batch
     onnx_max_abs_diff: float
@@ -72,6 +72,7 @@ class RunContext:
     resumed_from: int | None = None
     train_seconds: float = 0.0
     quality: dict[str, Quality] = field(default_factory=dict)  # "teacher", "student"
+    zero_shot: object | None = None  # causal-lm: the labelled eval rows as prompts (lm.text_blocks.ZeroShotSet)
     exported: Exported | None = None
     latencies: list[Latency] = field(default_factory=list)
     measured: Measurements | None = None

@@ -14,16 +14,18 @@ from datetime import UTC, datetime
 
 import torch
 
-from distillery.api.job import ModelMetrics, TeacherFormat
+from distillery.api.job import ModelMetrics, TeacherFormat, TeacherLogits
 from distillery.api.result import RESULT_KEY, TrainerResult, TrainingSummary, non_finite_paths
 from distillery.store import StoreError
 from distillery.verdict import decide as apply_targets
+from distillery.verdict import measured
 from distillery_trainer import finished, preflight, publish, teacher_cache, training
 from distillery_trainer.checkpoint import (
     Checkpoints,
     CheckpointState,
     CorruptCheckpoint,
     check_fits,
+    fill_tied,
 )
 from distillery_trainer.encode import Encoded
 from distillery_trainer.errors import NonFiniteError
@@ -44,6 +46,7 @@ from distillery_trainer.outputs import TeacherOutputs
 from distillery_trainer.run_context import Exported, Measurements, RunContext
 from distillery_trainer.student import select_layers as choose_layers
 from distillery_trainer.student import student_source
+from distillery_trainer.tasks import TaskStrategy
 from distillery_trainer.teacher import OnnxTeacher, TeacherSide, load_torch_model, torch_outputs
 
 EVAL_BATCH = 64
@@ -135,14 +138,26 @@ def require_finite(outputs: TeacherOutputs, whose: str, split: str) -> None:
 
 
 def teacher_outputs(ctx: RunContext) -> None:
-    """The teacher's outputs on both splits: from the verified cache, or computed once and cached."""
+    """The teacher's outputs on both splits: from the verified cache, or computed once and cached.
+    Online distillation (a causal LM with teacherLogits: online) computes only the eval split's,
+    for agreement; the teacher then runs beside the student during training."""
     ctx.progress.stage("teacher-outputs", "computing the teacher's outputs once")
     net, onnx = load_teacher(ctx)
     if net is not None:
         net.to(ctx.device)
+    task, batch = ctx.task, ctx.task.eval_batch
 
     def compute(data: Encoded) -> TeacherOutputs:
-        return onnx.outputs(data, EVAL_BATCH) if onnx is not None else torch_outputs(net, data, EVAL_BATCH, ctx.device)
+        if onnx is not None:
+            return onnx.outputs(data, batch)
+        return torch_outputs(net, data, batch, ctx.device, lambda out: task.teacher_targets(out, ctx.spec.distillation))
+
+    if online(ctx):
+        eval_out = compute(ctx.eval_data)
+        require_finite(eval_out, "the teacher's", "eval")
+        net.cpu()
+        ctx.teacher = TeacherSide(net, None, None, eval_out)
+        return
 
     cache, prefix = teacher_cache.cache_location(ctx.spec, ctx.store)
     key = teacher_cache.key_for(ctx.spec, ctx.digests)
@@ -184,6 +199,10 @@ def cached_teacher_outputs(ctx: RunContext, cache, entry: str, key: str, compute
     return train_out, eval_out
 
 
+def online(ctx: RunContext) -> bool:
+    return ctx.task.causal and ctx.spec.distillation.teacher_logits == TeacherLogits.ONLINE
+
+
 # ----------------------------------------------------------------------------- select_layers
 
 
@@ -196,7 +215,11 @@ def select_layers(ctx: RunContext) -> None:
     if ctx.state is not None:
         resume(ctx, source)
     if ctx.state is None:
-        layers, scores = choose_layers(source, ctx.train_data, ctx.job, ctx.device)
+        if ctx.task.causal:
+            from distillery_trainer.lm.selection import select_decoder_layers as choose
+        else:
+            choose = choose_layers
+        layers, scores = choose(source, ctx.train_data, ctx.job, ctx.device)
         ctx.state = CheckpointState(ctx.fingerprint, layers, scores, epoch=0, step_in_epoch=0, global_step=0,
                                     inputs=ctx.digests.model_dump())
         ctx.student = source.with_layers(layers)
@@ -217,6 +240,7 @@ def resume(ctx: RunContext, source: Net) -> None:
             raise CorruptCheckpoint(f"its layers go beyond the {ctx.source_layers} layers of the model")
         student = source.with_layers(state.layers)
         weights, payload = ctx.checkpoints.load_weights(state)
+        weights = fill_tied(weights, student.state_dict())
         check_fits(state, weights, student.state_dict(), ctx.source_layers)
         student.load_state_dict(weights)
         training.check_resume_payload(student, ctx.spec.distillation, payload)
@@ -235,9 +259,12 @@ def train(ctx: RunContext) -> None:
     ctx.progress.stage("training", f"{d.epochs} epochs, T={d.temperature:g}, alpha={d.alpha:g}")
     started = time.perf_counter()
     if not ctx.state.finished:
+        teacher_net = ctx.teacher.net if online(ctx) else None
         training.train(training.TrainContext(ctx.student, ctx.train_data, ctx.teacher.train, d, ctx.spec.teacher.task,
-                                             ctx.device, ctx.checkpoints, ctx.state, ctx.progress),
+                                             ctx.device, ctx.checkpoints, ctx.state, ctx.progress, teacher_net),
                        ctx.resume_payload)
+        if teacher_net is not None:
+            teacher_net.cpu()
     ctx.train_seconds = time.perf_counter() - started
 
 
@@ -367,7 +394,7 @@ def decide(ctx: RunContext) -> None:
     if bad:
         raise NonFiniteError(f"measured {', '.join(bad[:5])} is NaN or infinite; check the inputs "
                              "(features contain NaN/inf?) and the learning rate")
-    ctx.scores, ctx.verdict = apply_targets(ctx.spec.targets, finished.measured(m.teacher), finished.measured(m.student))
+    ctx.scores, ctx.verdict = apply_targets(ctx.spec.targets, measured(m.teacher), measured(m.student))
 
 
 # ----------------------------------------------------------------------------- write
@@ -398,3 +425,13 @@ def write(ctx: RunContext) -> None:
 
 
 STAGES = (load, reuse_finished, teacher_outputs, select_layers, train, evaluate, export, benchmark, decide, write)
+
+
+def stages_for(task: TaskStrategy) -> tuple:
+    """A causal LM is evaluated, exported and measured its own way (lm/stages.py)."""
+    if not task.causal:
+        return STAGES
+    from distillery_trainer.lm import stages as lm_stages
+
+    return (load, reuse_finished, teacher_outputs, select_layers, train, lm_stages.evaluate, lm_stages.export,
+            lm_stages.benchmark, decide, write)

@@ -33,6 +33,9 @@ class TaskStrategy:
     task: Task
     text: bool  # inputs are tokenized text from JSONL (else arrays from NPZ)
     predicts_classes: bool  # the model ends in a classifier head: logits are its answer, labels required
+    causal: bool = False  # a decoder language model: packed token blocks, next-token logits
+    # Rows per forward pass when the teacher's outputs are computed and a model is evaluated.
+    eval_batch: int = 64
 
     @property
     def name(self) -> str:
@@ -51,8 +54,13 @@ class TaskStrategy:
         """A classifier head must predict as many classes as the dataset has labels."""
 
     def loss(self, student: Outputs, teacher: TeacherOutputs, labels: torch.Tensor | None,
-             spec: Distillation) -> torch.Tensor:
+             spec: Distillation, batch: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def teacher_targets(self, outputs: Outputs, spec: Distillation) -> TeacherOutputs:
+        """What is kept of the teacher's outputs on one batch for the student to learn from."""
+        return TeacherOutputs(None if outputs.logits is None else outputs.logits.float().cpu(),
+                              outputs.pooled.float().cpu())
 
     def quality(self, outputs: TeacherOutputs, teacher: TeacherOutputs | None, eval_labels: torch.Tensor | None,
                 train_outputs: TeacherOutputs | None = None, train_labels: torch.Tensor | None = None) -> Quality:
@@ -90,7 +98,7 @@ class Classification(TaskStrategy):
             raise InputError(f"dataset has {num_labels} classes but {what} predicts {predicted}")
 
     def loss(self, student: Outputs, teacher: TeacherOutputs, labels: torch.Tensor | None,
-             spec: Distillation) -> torch.Tensor:
+             spec: Distillation, batch: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         loss = kd_loss(student.logits.float(), teacher.logits, labels, spec.temperature, spec.alpha)
         # The hidden-state term needs matching widths (an ONNX teacher or a narrower student has none).
         kind = spec.hidden_loss.type
@@ -123,7 +131,7 @@ class SentenceEmbedding(TaskStrategy):
     predicts_classes = False
 
     def loss(self, student: Outputs, teacher: TeacherOutputs, labels: torch.Tensor | None,
-             spec: Distillation) -> torch.Tensor:
+             spec: Distillation, batch: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         # For embeddings the representation is the output: matching it is the main loss.
         kind = spec.hidden_loss.type if spec.hidden_loss.type != HiddenLossType.NONE else HiddenLossType.COSINE
         return hidden_loss(student.pooled.float(), teacher.pooled, kind)
@@ -150,6 +158,33 @@ class SentenceEmbedding(TaskStrategy):
         return TeacherOutputs(None, torch.nn.functional.normalize(raw, dim=-1))
 
 
+class CausalLM(TaskStrategy):
+    """A decoder language model on packed text: KD on next-token distributions (+ cross-entropy on
+    the text). Its evaluation, export and speed measurement are streaming and live in lm/stages.py;
+    the methods here serve the shared stages (teacher pass, training)."""
+
+    task = Task.CAUSAL_LM
+    text = True
+    predicts_classes = False
+    causal = True
+    # (B, L, V) logits of a 50k vocabulary are 25 MB per 128-token row: a few rows per pass.
+    eval_batch = 4
+
+    def teacher_targets(self, outputs: Outputs, spec: Distillation) -> TeacherOutputs:
+        from distillery_trainer.lm.logits import top_k_targets
+
+        logprobs, ids = top_k_targets(outputs.logits.float(), spec.top_k, spec.temperature)
+        return TeacherOutputs(None, None, logprobs.cpu(), ids.cpu())
+
+    def loss(self, student: Outputs, teacher: TeacherOutputs, labels: torch.Tensor | None,
+             spec: Distillation, batch: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        from distillery_trainer.lm.logits import lm_distillation_loss
+
+        # Online mode hands over the teacher's full logits; the cache, its top-k.
+        target = teacher.logits if teacher.logits is not None else teacher
+        return lm_distillation_loss(student.logits.float(), target, batch["input_ids"], spec.temperature, spec.alpha)
+
+
 _REGISTRY: dict[str, TaskStrategy] = {}
 
 
@@ -169,5 +204,6 @@ register(Classification(Task.SEQUENCE_CLASSIFICATION, text=True))
 register(Classification(Task.IMAGE_CLASSIFICATION, text=False))
 register(Classification(Task.TABULAR_CLASSIFICATION, text=False))
 register(SentenceEmbedding())
+register(CausalLM())
 
 TEXT_TASKS = tuple(Task(name) for name, strategy in _REGISTRY.items() if strategy.text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from distillery.api.job import Task, TeacherFormat
 from distillery_trainer.builtin import load_builtin
 from distillery_trainer.encode import Encoded
 from distillery_trainer.errors import InputError
-from distillery_trainer.nets import BuiltinWrapper, HFNet, Net
+from distillery_trainer.nets import BuiltinWrapper, HFNet, Net, Outputs
 from distillery_trainer.onnx_tools import require_provider
 from distillery_trainer.outputs import TeacherOutputs
 from distillery_trainer.tasks import TEXT_TASKS, for_task
@@ -23,6 +24,10 @@ __all__ = ["TEXT_TASKS", "OnnxTeacher", "TeacherOutputs", "TeacherSide", "load_t
 def load_torch_model(path: Path, fmt: TeacherFormat, task: Task, num_labels: int | None) -> Net:
     """A torch Net from a Hugging Face directory or a built-in model directory."""
     text = for_task(task).text
+    if fmt == TeacherFormat.HUGGINGFACE and task == Task.CAUSAL_LM:
+        from distillery_trainer.lm.model import CausalLMNet
+
+        return CausalLMNet.load(path)
     if fmt == TeacherFormat.HUGGINGFACE:
         if not text:
             raise InputError(f"teacher.format huggingface supports text tasks, not {task.value}")
@@ -35,16 +40,18 @@ def load_torch_model(path: Path, fmt: TeacherFormat, task: Task, num_labels: int
 
 
 @torch.no_grad()
-def torch_outputs(net: Net, data: Encoded, batch_size: int, device: torch.device) -> TeacherOutputs:
+def torch_outputs(net: Net, data: Encoded, batch_size: int, device: torch.device,
+                  keep: Callable[[Outputs], TeacherOutputs] | None = None) -> TeacherOutputs:
+    """The net's outputs on every row; `keep` picks what is kept of each batch (default: logits
+    and pooled vectors, on the CPU)."""
     net.eval()
-    logits, pooled = [], []
+    keep = keep or (lambda out: TeacherOutputs(None if out.logits is None else out.logits.float().cpu(),
+                                               out.pooled.float().cpu()))
+    parts = []
     for batch in data.batches(batch_size, device):
         with autocast(device):
-            out = net.outputs(batch)
-        if out.logits is not None:
-            logits.append(out.logits.float().cpu())
-        pooled.append(out.pooled.float().cpu())
-    return TeacherOutputs(torch.cat(logits) if logits else None, torch.cat(pooled))
+            parts.append(keep(net.outputs(batch)))
+    return TeacherOutputs.concat(parts)
 
 
 def autocast(device: torch.device):

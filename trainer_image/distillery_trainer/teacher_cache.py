@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from distillery.api.job import DistillationJobSpec
+from distillery.api.job import DistillationJobSpec, Task
 from distillery.api.result import InputDigests
 from distillery.store import Store, open_store
 from distillery_trainer.encode import Encoded
@@ -85,6 +85,8 @@ def input_digests(teacher_path: Path, train: Encoded, evals: Encoded, base_path:
 def key_for(spec: DistillationJobSpec, digests: InputDigests) -> str:
     parts = [str(CACHE_FORMAT), spec.teacher.format.value, spec.teacher.task.value,
              digests.teacher, digests.train, digests.eval]
+    if spec.teacher.task == Task.CAUSAL_LM:  # a causal LM's cached log-probabilities depend on T and k
+        parts += [f"T={spec.distillation.temperature!r}", f"k={spec.distillation.top_k}"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
@@ -142,14 +144,27 @@ def decode_entry(data: bytes, key: str, train_rows: int, eval_rows: int) -> tupl
         raise BadCacheEntry("its content hash does not match its tensors")
     train, evals = TeacherOutputs.from_tensors(tensors, "train"), TeacherOutputs.from_tensors(tensors, "eval")
     for name, outputs, rows in (("train", train, train_rows), ("eval", evals, eval_rows)):
-        for tensor in (outputs.logits, outputs.pooled):
-            if tensor is not None and (tensor.dim() != 2 or tensor.shape[0] != rows or not tensor.is_floating_point()):
-                raise BadCacheEntry(f"its {name} outputs do not have one row per {name} example")
-        if outputs.logits is None and outputs.pooled is None:
+        if not well_shaped(outputs, rows):
+            raise BadCacheEntry(f"its {name} outputs do not have one row per {name} example")
+        if len(outputs) == 0 and rows > 0:
             raise BadCacheEntry(f"it has no {name} outputs")
         if outputs.first_non_finite_row() is not None:
             raise BadCacheEntry(f"its {name} outputs are not finite")
     return train, evals
+
+
+def well_shaped(outputs: TeacherOutputs, rows: int) -> bool:
+    """Every output has `rows` rows and the layout its kind needs: (N, width) floats for logits and
+    pooled vectors, (N, L, k) log-probabilities and matching non-negative integer ids for top-k."""
+    for tensor in (outputs.logits, outputs.pooled):
+        if tensor is not None and (tensor.dim() != 2 or tensor.shape[0] != rows or not tensor.is_floating_point()):
+            return False
+    logprobs, ids = outputs.topk_logprobs, outputs.topk_ids
+    if (logprobs is None) != (ids is None):
+        return False
+    return logprobs is None or (
+        logprobs.dim() == 3 and logprobs.shape[0] == rows and logprobs.is_floating_point()
+        and ids.shape == logprobs.shape and not ids.is_floating_point() and not bool((ids < 0).any()))
 
 
 # ----------------------------------------------------------------------------- spot check
@@ -171,11 +186,29 @@ def rows_agree(cached: torch.Tensor | None, fresh: torch.Tensor | None) -> bool:
         return cached is None and fresh is None
     if cached.shape != fresh.shape:
         return False
-    cached, fresh = cached.float().flatten(1), fresh.float().flatten(1)
+    # -inf (a top-k token without mass) compares as a very small log-probability.
+    cached, fresh = (t.float().flatten(1).clamp(min=-1e4) for t in (cached, fresh))
     distance = (cached - fresh).norm(dim=1)
     allowed = SPOT_CHECK_RTOL * fresh.norm(dim=1) + SPOT_CHECK_ATOL * math.sqrt(fresh.shape[1])
     return bool((distance <= allowed).all())
 
 
+# A causal LM's top-1 token may flip between near-ties on another device or in bf16; a forged
+# entry (ids shifted or shuffled) misses on nearly every position.
+SPOT_CHECK_TOP1_AGREEMENT = 0.9
+
+
+def top_tokens_agree(cached: TeacherOutputs, fresh: TeacherOutputs) -> bool:
+    if cached.topk_ids is None or fresh.topk_ids is None:
+        return cached.topk_ids is None and fresh.topk_ids is None
+    if cached.topk_ids.shape != fresh.topk_ids.shape:
+        return False
+    same = (cached.topk_ids[..., 0].long() == fresh.topk_ids[..., 0].long()).float().mean()
+    return bool(same >= SPOT_CHECK_TOP1_AGREEMENT)
+
+
 def outputs_agree(cached: TeacherOutputs, fresh: TeacherOutputs) -> bool:
-    return rows_agree(cached.logits, fresh.logits) and rows_agree(cached.pooled, fresh.pooled)
+    """The cached rows match a fresh teacher pass: values within tolerance (sorted top-k
+    log-probabilities are compared as values) and, for a causal LM, the same top-1 tokens."""
+    return (rows_agree(cached.logits, fresh.logits) and rows_agree(cached.pooled, fresh.pooled)
+            and rows_agree(cached.topk_logprobs, fresh.topk_logprobs) and top_tokens_agree(cached, fresh))

@@ -34,6 +34,9 @@ class TrainContext:
     checkpoints: Checkpoints
     state: CheckpointState
     progress: Progress
+    # Online distillation (causal-lm, teacherLogits: online): the teacher runs on every batch
+    # instead of `teacher` holding its cached outputs.
+    teacher_net: Net | None = None
 
 
 def linear_warmup_decay(total_steps: int, warmup_ratio: float):
@@ -64,9 +67,14 @@ def disable_dropout(model: torch.nn.Module) -> None:
 
 
 def step_loss(ctx: TrainContext, batch: dict, index: torch.Tensor) -> torch.Tensor:
+    if ctx.teacher_net is not None:
+        with torch.no_grad():
+            teacher = TeacherOutputs(ctx.teacher_net.outputs(batch).logits.float(), None)
+    else:
+        teacher = ctx.teacher.rows(index).to(ctx.device)
     out = ctx.student.outputs(batch)
     labels = None if ctx.data.labels is None else ctx.data.labels[index].to(ctx.device)
-    return for_task(ctx.task).loss(out, ctx.teacher.rows(index).to(ctx.device), labels, ctx.spec)
+    return for_task(ctx.task).loss(out, teacher, labels, ctx.spec, batch)
 
 
 class LossWatch:
@@ -143,6 +151,8 @@ def train(ctx: TrainContext, resume_payload: dict | None = None) -> list[dict]:
     steps_per_epoch = math.ceil(n / spec.batch_size)
     total_steps = max(1, steps_per_epoch * spec.epochs)
     student.to(ctx.device)
+    if ctx.teacher_net is not None:
+        ctx.teacher_net.to(ctx.device).eval()
     optimizer = build_optimizer(student, spec, ctx.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(total_steps, spec.warmup_ratio))
     if resume_payload is not None:

@@ -31,6 +31,7 @@ class Task(StrEnum):
     SENTENCE_EMBEDDING = "sentence-embedding"
     IMAGE_CLASSIFICATION = "image-classification"
     TABULAR_CLASSIFICATION = "tabular-classification"
+    CAUSAL_LM = "causal-lm"  # a decoder language model (Llama, Qwen2, Mistral, GPT-2 layouts)
 
 
 class DatasetFormat(StrEnum):
@@ -51,6 +52,13 @@ class ImportanceMetric(StrEnum):
     ANGULAR_DISTANCE = "angular-distance"  # arccos(cos(input, output)) / pi
     # Task-aware: greedily drop the layer whose removal changes the model's outputs least.
     ABLATION = "ablation"
+
+
+class TeacherLogits(StrEnum):
+    """Where a causal LM's soft labels come from during healing."""
+
+    TOP_K = "top-k"  # computed once, the k most likely next tokens per position cached
+    ONLINE = "online"  # the teacher runs beside the student on every batch (full vocabulary)
 
 
 class HiddenLossType(StrEnum):
@@ -126,7 +134,16 @@ class Dataset(ApiModel):
     features_field: str = Field(default="x", description="NPZ array with the inputs")
     max_train_rows: int | None = Field(default=None, ge=1)
     max_eval_rows: int | None = Field(default=None, ge=1)
-    max_sequence_length: int = Field(default=128, ge=8, le=8192)
+    max_sequence_length: int = Field(
+        default=128, ge=8, le=8192,
+        description="longest tokenized row; for causal-lm, the length of the packed token blocks")
+    prompt_template: str = Field(
+        default="{text}\nTopic:", min_length=1, max_length=2000,
+        description="causal-lm: zero-shot prompt for labelled eval rows ({text} is the row's text); "
+        "each label is scored as the continuation ' <label>'")
+    max_prompt_rows: int = Field(
+        default=100, ge=1, le=100000,
+        description="causal-lm: labelled eval rows scored zero-shot (spread over the split)")
 
 
 class WeightRange(ApiModel):
@@ -177,6 +194,10 @@ class Student(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "set"})
     weight_range: WeightRange | None = None
     calibration_batches: int = Field(default=8, ge=1, le=1000)
+    keep_first_and_last: bool | None = Field(
+        default=None,
+        description="never drop the first and last layers when scoring (default: true for causal-lm, "
+        "where removing either costs the most perplexity; false otherwise)")
     base: StudentBase | None = None
     architecture: StudentArchitecture | None = None
 
@@ -204,7 +225,10 @@ class Distillation(ApiModel):
     """The healing step: soft-label knowledge distillation with temperature."""
 
     temperature: float = Field(default=2.0, gt=0, le=100)
-    alpha: float = Field(default=0.5, ge=0, le=1, description="weight of the soft (KL) loss")
+    alpha: float = Field(
+        default=0.5, ge=0, le=1,
+        description="weight of the soft (KL) loss; 1 - alpha weighs the hard labels (causal-lm: "
+        "cross-entropy on the text)")
     epochs: int = Field(default=3, ge=0, le=1000)
     learning_rate: float = Field(default=5.0e-5, gt=0, le=1)
     batch_size: int = Field(default=32, ge=1, le=65536)
@@ -213,6 +237,13 @@ class Distillation(ApiModel):
     max_grad_norm: float = Field(default=1.0, gt=0)
     seed: int = 0
     hidden_loss: HiddenLoss = Field(default_factory=HiddenLoss)
+    teacher_logits: TeacherLogits = Field(
+        default=TeacherLogits.TOP_K,
+        description="causal-lm: cache the teacher's top-k next-token log-probabilities once, or run "
+        "the teacher on every batch (online)")
+    top_k: int = Field(
+        default=64, ge=1, le=65536,
+        description="causal-lm: next tokens kept per position in the cache (the rest is one bucket)")
     checkpoint_every_steps: int | None = Field(
         default=None, ge=1, description="also checkpoint every N optimizer steps (default: by time only)")
     checkpoint_every_seconds: float = Field(
@@ -233,7 +264,11 @@ class Targets(ApiModel):
     min_accuracy: float | None = Field(default=None, ge=0, le=1)
     max_accuracy_drop: float | None = Field(default=None, ge=0, le=1)
     accuracy_drop_type: AccuracyDropType = AccuracyDropType.RELATIVE
-    min_speedup: float | None = Field(default=None, gt=0)
+    min_speedup: float | None = Field(
+        default=None, gt=0, description="teacher latency / student latency (causal-lm: decode ms per token)")
+    max_perplexity_increase: float | None = Field(
+        default=None, ge=0,
+        description="causal-lm: (student perplexity - teacher perplexity) / teacher perplexity on the eval text")
     max_size_bytes: int | None = Field(default=None, ge=1)
     hardware: Hardware = Hardware.CPU
     must_improve_frontier: bool = False
@@ -247,6 +282,10 @@ class Benchmark(ApiModel):
     warmup: int = Field(default=5, ge=0, le=1000)
     iterations: int = Field(default=30, ge=3, le=100000)
     threads: int | None = Field(default=None, ge=1, le=1024, description="CPU threads; default all")
+    decode_tokens: int = Field(
+        default=32, ge=1, le=4096,
+        description="causal-lm: tokens generated per decode measurement (batch 1, KV cache, after a "
+        "prompt of sequenceLength tokens)")
 
 
 class Export(ApiModel):
@@ -363,6 +402,17 @@ class DistillationJobSpec(ApiModel):
                 "(has(self.student) && (has(self.student.base) || has(self.student.architecture)))",
                 "student.base or student.architecture is required when teacher.format is onnx",
             ),
+            cel(
+                "!has(self.targets) || !has(self.targets.maxPerplexityIncrease) || "
+                "(has(self.teacher.task) && self.teacher.task == 'causal-lm')",
+                "targets.maxPerplexityIncrease needs teacher.task causal-lm",
+            ),
+            cel(
+                "!has(self.teacher.task) || self.teacher.task != 'causal-lm' || "
+                "((!has(self.teacher.format) || self.teacher.format == 'huggingface') "
+                "&& (!has(self.dataset.format) || self.dataset.format == 'jsonl'))",
+                "teacher.task causal-lm needs a huggingface teacher and jsonl data",
+            ),
         )
     }
 
@@ -386,6 +436,11 @@ class DistillationJobSpec(ApiModel):
                 "student.base or student.architecture is required when teacher.format is onnx "
                 "(an ONNX teacher has no layers to extract)"
             )
+        if self.targets.max_perplexity_increase is not None and self.teacher.task != Task.CAUSAL_LM:
+            raise ValueError("targets.maxPerplexityIncrease needs teacher.task causal-lm")
+        if self.teacher.task == Task.CAUSAL_LM and (
+                self.teacher.format != TeacherFormat.HUGGINGFACE or self.dataset.format != DatasetFormat.JSONL):
+            raise ValueError("teacher.task causal-lm needs a huggingface teacher and jsonl data")
         return self
 
 
@@ -412,6 +467,12 @@ class ModelMetrics(ApiModel):
     parameters: int | None = None
     size_bytes: int | None = None
     num_layers: int | None = None
+    latency_name: str | None = Field(
+        default=None, description="what latency means: batch-ms (one benchmark batch) or decode-ms-per-token")
+    perplexity: float | None = Field(default=None, description="causal-lm: held-out perplexity")
+    prefill_tokens_per_second: float | None = Field(default=None, description="causal-lm: prompt throughput")
+    zero_shot_accuracy: float | None = Field(
+        default=None, description="causal-lm: labelled eval rows classified by label likelihood")
 
 
 class Decision(ApiModel):

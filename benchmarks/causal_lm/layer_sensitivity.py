@@ -15,9 +15,16 @@ import math
 import time
 
 import torch
+from common import (
+    EVAL_TEXT,
+    load_teacher,
+    machine_line,
+    perplexity,
+    set_layers,
+    text_blocks,
+    write_result,
+)
 from torch import nn
-
-from common import EVAL_TEXT, load_teacher, machine_line, perplexity, set_layers, text_blocks, write_result
 
 
 @torch.no_grad()

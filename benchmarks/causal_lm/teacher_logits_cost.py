@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import TRAIN_TEXT, load_teacher, machine_line, set_layers, text_blocks, write_result
+
 from distillery_trainer.lm.logits import lm_distillation_loss, top_k_targets
 
 TEMPERATURE = 2.0
@@ -94,7 +94,7 @@ def measure_shape(teacher, student, optimizer, blocks: torch.Tensor, ks: list[in
     targets = {k: TopK(*top_k_targets(teacher_logits, k, TEMPERATURE)) for k in ks}
     row = {"loss_full": loss_seconds(student_logits, blocks, teacher_logits, repeats),
            "loss_topk": {k: loss_seconds(student_logits, blocks, targets[k], repeats) for k in ks},
-           "topk": {k: median_seconds(lambda: top_k_targets(teacher_logits, k, TEMPERATURE), repeats) for k in ks}}
+           "topk": {k: median_seconds(lambda k=k: top_k_targets(teacher_logits, k, TEMPERATURE), repeats) for k in ks}}
     with tempfile.TemporaryDirectory() as tmp:
         maps = {k: write_cache(Path(tmp) / str(k), targets[k].topk_logprobs, targets[k].topk_ids) for k in ks}
 
@@ -112,7 +112,7 @@ def measure_shape(teacher, student, optimizer, blocks: torch.Tensor, ks: list[in
             read(k)  # the cache holds other blocks' targets; the step trains on this batch's (same shapes)
             training_step(student, optimizer, blocks, targets[k])
 
-        row["read"] = {k: median_seconds(lambda: read(k), repeats) for k in ks}
+        row["read"] = {k: median_seconds(lambda k=k: read(k), repeats) for k in ks}
         variants = {"teacher": lambda: teacher(input_ids=blocks, use_cache=False), "online": online}
         variants.update({f"cached-{k}": (lambda k=k: cached(k)) for k in ks})
         for action in variants.values():

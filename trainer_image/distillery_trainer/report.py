@@ -39,7 +39,8 @@ def table(result: TrainerResult) -> str:
         (f"{latency} p95", [_fmt(m.latency_p95_ms, ".2f", " ms") for _, m in cols]),
         ("prefill tokens/s", [_fmt(m.prefill_tokens_per_second, ".0f") for _, m in cols]),
         ("parameters", [f"{m.parameters:,}" if m.parameters else "-" for _, m in cols]),
-        ("size (safetensors)" if decode else "size (onnx)", [_size(m.size_bytes) for _, m in cols]),
+        ("size (safetensors; int8: onnx)" if decode and len(cols) > 2 else "size (safetensors)" if decode
+         else "size (onnx)", [_size(m.size_bytes) for _, m in cols]),
         ("layers", [str(m.num_layers) if m.num_layers else "-" for _, m in cols]),
     ]
     rows = [r for r in rows if any(v != "-" for v in r[1])]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from distillery.api.job import DistillationJob, ExtractionMethod, ImportanceMetric
+from distillery.api.job import DistillationJob, ImportanceMetric
 from distillery_trainer import extraction
 from distillery_trainer.builtin import BuiltinConfig, BuiltinNet
 from distillery_trainer.encode import Encoded
@@ -92,31 +92,15 @@ def ablation_selection(net: Net, data: Encoded, job: DistillationJob, device: to
                         for ref, batch in zip(reference, batches, strict=True))
         return float(total) / max(1, len(batches))
 
-    keep = list(range(net.num_layers()))
-    first_round: list[float] = []
-    while len(keep) > k:
-        costs = {layer: divergence([i for i in keep if i != layer]) for layer in keep}
-        if not first_round:
-            first_round = [round(costs[i], 6) for i in keep]
-        keep.remove(min(keep, key=lambda i: (costs[i], -i)))  # ties: drop the later layer
-    return keep, first_round
+    return extraction.greedy_removal(net.num_layers(), k, divergence)
 
 
 def select_layers(net: Net, data: Encoded, job: DistillationJob, device) -> tuple[list[int], list[float]]:
     spec = job.spec.student
-    n = net.num_layers()
-    k = extraction.target_size(spec, n)
-    method = spec.method
-    if method == ExtractionMethod.EXPLICIT:
-        return extraction.check_explicit(spec.layers, n), []
-    if method == ExtractionMethod.UNIFORM:
-        return extraction.uniform_layers(n, k), []
-    if method == ExtractionMethod.FIRST:
-        return extraction.first_layers(n, k), []
-    if method == ExtractionMethod.WEIGHT_RANGE:
-        rms = [round(extraction.weight_rms(layer), 6) for layer in net.layer_list()]
-        cap = spec.keep_layers if spec.keep_layers is not None else (k if spec.keep_ratio is not None else None)
-        return extraction.weight_range_layers(rms, spec.weight_range.min, spec.weight_range.max, cap), rms
+    k = extraction.target_size(spec, net.num_layers())
+    fixed = extraction.fixed_rule_layers(spec, list(net.layer_list()), k)
+    if fixed is not None:
+        return fixed
     if spec.importance_metric == ImportanceMetric.ABLATION:
         return ablation_selection(net, data, job, device, k)
     scores = importance_scores(net, data, job, device)

@@ -97,3 +97,12 @@ def decoder_dir(request, tmp_path) -> Path:
     build = tiny_llama if request.param == "llama" else tiny_gpt2
     with torch.random.fork_rng():
         return save_decoder(build(), tmp_path / request.param)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine extra threads only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -189,7 +189,8 @@ def test_onnx_graph_with_cache_decodes_like_torch(decoder_dir, tmp_path):
 
 @pytest.mark.parametrize("kind", ["mistral", "qwen3"])
 def test_other_supported_layouts_cut_and_generate(kind, tmp_path):
-    from transformers import AutoConfig, AutoModelForCausalLM as Auto
+    from transformers import AutoConfig
+    from transformers import AutoModelForCausalLM as Auto
 
     config = AutoConfig.for_model(kind, vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=6,
                                   num_attention_heads=4, num_key_value_heads=2, head_dim=8,

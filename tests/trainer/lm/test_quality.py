@@ -21,15 +21,6 @@ from tests.trainer.lm.conftest import TINY_VOCAB, tiny_llama, tiny_tokenizer
 VOCAB = TINY_VOCAB
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine extra threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def blocks(n, length, seed=0):
     ids = torch.randint(0, VOCAB, (n, length), generator=torch.Generator().manual_seed(seed))
     return Encoded({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, None)

@@ -10,15 +10,6 @@ from distillery_trainer.lm.speed import greedy_decode, measure_speeds, seeded_pr
 from tests.trainer.lm.conftest import tiny_gpt2, tiny_llama
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine extra threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2])
 def test_cached_greedy_decode_equals_generate(make):
     model = make()

@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from distillery.api.job import DistillationJob, ExtractionMethod, ImportanceMetric
+from distillery.api.job import DistillationJob, ImportanceMetric
 from distillery_trainer import extraction
 from distillery_trainer.encode import Encoded
 from distillery_trainer.errors import InputError
@@ -121,16 +121,7 @@ def ablation_selection(net: CausalLMNet, batches: list[dict], k: int, temperatur
         return total / max(1, len(batches))
 
     n = net.num_layers()
-    keep = list(range(n))
-    first_round = [round(divergence([i for i in keep if i != layer]), 6) for layer in keep] if k < n else []
-    protected = {0, n - 1} if protect else set()
-    costs = dict(enumerate(first_round))
-    while len(keep) > k:
-        candidates = [i for i in keep if i not in protected]
-        if len(keep) < n:
-            costs = {layer: divergence([i for i in keep if i != layer]) for layer in candidates}
-        keep.remove(min(candidates, key=lambda i: (costs[i], -i)))  # ties: drop the later layer
-    return keep, first_round
+    return extraction.greedy_removal(n, k, divergence, frozenset({0, n - 1}) if protect else frozenset())
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -141,17 +132,9 @@ def select_decoder_layers(net: CausalLMNet, data: Encoded, job: DistillationJob,
     spec = job.spec.student
     n = net.num_layers()
     k = extraction.target_size(spec, n)
-    method = spec.method
-    if method == ExtractionMethod.EXPLICIT:
-        return extraction.check_explicit(spec.layers, n), []
-    if method == ExtractionMethod.UNIFORM:
-        return extraction.uniform_layers(n, k), []
-    if method == ExtractionMethod.FIRST:
-        return extraction.first_layers(n, k), []
-    if method == ExtractionMethod.WEIGHT_RANGE:
-        rms = [round(extraction.weight_rms(layer), 6) for layer in net.layer_list()]
-        cap = spec.keep_layers if spec.keep_layers is not None else (k if spec.keep_ratio is not None else None)
-        return extraction.weight_range_layers(rms, spec.weight_range.min, spec.weight_range.max, cap), rms
+    fixed = extraction.fixed_rule_layers(spec, list(net.layer_list()), k)
+    if fixed is not None:
+        return fixed
     protect = protects_ends(job)
     if protect and k < 2 and n >= 2:
         raise InputError("student.keepLayers: at least 2 layers are needed while student.keepFirstAndLast is on")

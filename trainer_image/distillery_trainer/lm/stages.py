@@ -10,6 +10,7 @@ prefill ONNX graph and its int8 version are checked and measured with onnxruntim
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +114,6 @@ def export(ctx: RunContext) -> None:
 
 def ort_prefill_tokens_per_second(ctx: RunContext, path: Path) -> float:
     """Prefill throughput of an ONNX graph on the benchmark batch (onnxruntime, target hardware)."""
-    import time
-
     bench = ctx.spec.benchmark
     sess = session(path, ctx.spec.targets.hardware, bench.threads)
     ids = torch.randint(0, ctx.student.vocab_size(), (bench.batch_size, bench.sequence_length),

@@ -72,8 +72,12 @@ def machine_line(threads: int) -> str:
             "with other running work, so absolute times are inflated and noisy; compare within a table")
 
 
-def write_result(name: str, text: str) -> Path:
+def publish_result(name: str, lines: list[str]) -> Path:
+    """Print the result's markdown and write it to results/<name>."""
+    text = "\n".join(lines) + "\n"
+    print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name
     path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}")
     return path

@@ -20,9 +20,9 @@ from common import (
     load_teacher,
     machine_line,
     perplexity,
+    publish_result,
     set_layers,
     text_blocks,
-    write_result,
 )
 from torch import nn
 
@@ -151,9 +151,7 @@ def main() -> None:
     ]
     for name, dropped, ppl in rule_rows:
         lines.append(f"| {name} | {', '.join(map(str, dropped))} | {ppl:.1f} | {ppl / base:.1f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    print(f"wrote {write_result('layer-sensitivity.md', text)}")
+    publish_result("layer-sensitivity.md", lines)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import TRAIN_TEXT, load_teacher, machine_line, set_layers, text_blocks, write_result
+from common import TRAIN_TEXT, load_teacher, machine_line, publish_result, set_layers, text_blocks
 
 from distillery_trainer.lm.logits import lm_distillation_loss, top_k_targets
 
@@ -192,9 +192,7 @@ def main() -> None:
         per_token = k * 8 if k < vocab else vocab * 4
         label = f"{k} (full vocabulary, logits only)" if k >= vocab else str(k)
         lines.append(f"| {label} | {per_token:,} | {per_token * 1e6 / 2**30:.2f} GiB |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    print(f"wrote {write_result('teacher-logits-cost.md', text)}")
+    publish_result("teacher-logits-cost.md", lines)
 
 
 if __name__ == "__main__":

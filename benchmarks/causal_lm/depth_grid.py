@@ -110,6 +110,7 @@ def main(argv=None) -> int:
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", help="results file stem (default depth-grid, or depth-grid-quick)")
     args = parser.parse_args(argv)
     keeps = [int(v) for v in (args.keep or ("24,20" if args.quick else "24,20,18")).split(",")]
     budgets = [int(v) for v in (args.steps or ("0,60" if args.quick else "0,200")).split(",")]
@@ -218,10 +219,11 @@ def main(argv=None) -> int:
                      f"{best['dropped']} layers dropped by {best['metric']} after {best['steps']} steps: "
                      f"{best['ratio']:.2f}x the teacher's perplexity at {best['decode_speedup']:.2f}x."),
         "",
-        "Produced by `benchmarks/causal_lm/depth_grid.py" + (" --quick" if args.quick else "") + "`.",
+        "Produced by `benchmarks/causal_lm/depth_grid.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        + "`.",
     ]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "depth-grid-quick" if args.quick else "depth-grid"
+    stem = args.name or ("depth-grid-quick" if args.quick else "depth-grid")
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     (RESULTS / f"{stem}.json").write_text(json.dumps({"teacher": {"perplexity": t_q.perplexity,
                                                                   "next_token": t_q.next_token_accuracy,

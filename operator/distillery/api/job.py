@@ -93,6 +93,15 @@ class TaintEffect(StrEnum):
     NO_EXECUTE = "NoExecute"
 
 
+class OptimizeFor(StrEnum):
+    """Which measured variant (fp32, int8) a job keeps when several meet every target."""
+
+    PARETO_SCORE = "paretoScore"  # speedup x accuracy retention, highest
+    LATENCY = "latency"  # lowest latency
+    ACCURACY = "accuracy"  # highest accuracy
+    SIZE = "size"  # smallest file
+
+
 class Phase(StrEnum):
     PENDING = "Pending"
     RUNNING = "Running"
@@ -272,6 +281,10 @@ class Targets(ApiModel):
     max_size_bytes: int | None = Field(default=None, ge=1)
     hardware: Hardware = Hardware.CPU
     must_improve_frontier: bool = False
+    optimize_for: OptimizeFor = Field(
+        default=OptimizeFor.PARETO_SCORE,
+        description="which variant becomes the student when several meet every target (and which one is "
+        "reported when none does): paretoScore, latency, accuracy or size")
 
 
 class Benchmark(ApiModel):
@@ -490,6 +503,20 @@ class Artifacts(ApiModel):
     model_card: str | None = None
 
 
+class Variant(ApiModel):
+    """One exported form of the student (fp32 ONNX, int8 ONNX), measured and judged on its own."""
+
+    name: str = Field(description="fp32 or int8")
+    artifact: str | None = Field(default=None, description="the file that is this variant")
+    metrics: ModelMetrics
+    speedup: float
+    accuracy_retention: float
+    compression_ratio: float
+    pareto_score: float
+    accepted: bool
+    reasons: list[str] = Field(default_factory=list)
+
+
 class DistillationJobStatus(ApiModel):
     observed_generation: int | None = None
     phase: Phase | None = None
@@ -505,6 +532,8 @@ class DistillationJobStatus(ApiModel):
     pareto_score: float | None = None
     accepted: bool | None = None
     decision: Decision | None = None
+    variant: str | None = Field(default=None, description="the variant chosen as the student (fp32 or int8)")
+    variants: list[Variant] | None = Field(default=None, description="every measured variant and its verdict")
     artifacts: Artifacts | None = None
     student_model: str | None = Field(default=None, description="the StudentModel registered")
     trainer_job: str | None = None

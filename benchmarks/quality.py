@@ -455,8 +455,8 @@ def main(argv=None) -> int:
             if strategy == "importance-kd":
                 importance_layers = list(result.layers_kept)
             results[job_name] = result
-            bc.log(f"{job_name}: layers {list(result.layers_kept)}, acc {result.student.accuracy:.4f} / int8 "
-                   f"{result.student_int8.accuracy:.4f} (teacher {result.teacher.accuracy:.4f}), in-job speedup b1 "
+            bc.log(f"{job_name}: layers {list(result.layers_kept)}, acc {result.metrics_of('fp32').accuracy:.4f} / int8 "
+                   f"{result.metrics_of('int8').accuracy:.4f} (teacher {result.teacher.accuracy:.4f}), in-job speedup b1 "
                    f"{result.speedup:.2f}x, {seconds[job_name]:.0f} s")
     if not results:
         raise SystemExit("no job ran")
@@ -488,7 +488,8 @@ def main(argv=None) -> int:
     for job_name, result in results.items():
         strategy, n_layers = job_name.rsplit("-", 1)[0], len(result.layers_kept)
         t_b1 = result.teacher.latency_p50_ms
-        for precision, m in (("fp32", result.student), ("int8", result.student_int8)):
+        for precision in ("fp32", "int8"):
+            m = result.metrics_of(precision)
             model_name = job_name + ("" if precision == "fp32" else " int8")
             rows.append(row(model_name, strategy, n_layers, list(result.layers_kept), precision, m.accuracy, m.size_bytes,
                             result.training.seconds, round(seconds[job_name], 1), t_b1 / m.latency_p50_ms,

@@ -29,17 +29,17 @@ RECORDED_OUT = "file:///RECORDED/out"
 
 
 def rescore(result: dict, job) -> None:
-    """The derived scores and verdict of changed metrics, as the trainer computes them (the
-    operator checks that they follow from the measured numbers)."""
-    from distillery.verdict import Measured, decide
+    """The variants' verdicts, the choice and the derived scores of changed metrics, as the trainer
+    computes them (the operator checks that they follow from the measured numbers)."""
+    from distillery.api.result import TrainerResult
+    from distillery.variants import rejudge
 
-    t, s = result["teacher"], result["student"]
-    scores, verdict = decide(job.spec.targets,
-                             Measured(t["accuracy"], t["latencyP50Ms"], t["sizeBytes"], t["parameters"]),
-                             Measured(s["accuracy"], s["latencyP50Ms"], s["sizeBytes"], s["parameters"]))
-    result.update(speedup=round(scores.speedup, 4), accuracyRetention=round(scores.accuracy_retention, 6),
-                  compressionRatio=round(scores.compression_ratio, 4), paretoScore=round(scores.pareto_score, 6),
-                  decision={"accepted": verdict.accepted, "reasons": verdict.reasons})
+    for variant in result["variants"]:
+        if variant["name"] == result["variant"]:
+            variant["metrics"] = result["student"]
+    rejudged, _ = rejudge(TrainerResult.model_validate(result), job.spec.targets)
+    result.clear()
+    result.update(rejudged.to_wire())
 
 
 def make_result(document: dict, recorded: dict, jitter: bool = False) -> tuple[str, dict]:

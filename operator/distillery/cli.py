@@ -33,6 +33,40 @@ def cmd_run(args) -> int:
     return code
 
 
+def cmd_search(args) -> int:
+    from distillery.api.load import load_search_file
+
+    try:
+        search = load_search_file(args.search)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    from distillery.search.local import (
+        SearchInputError,
+        resolve_search_paths,
+        run_local_search,
+        table,
+    )
+
+    try:
+        import distillery_trainer.entrypoint  # noqa: F401 - every trial runs in this process
+    except ImportError as err:
+        print(f"error: the trainer is not installed ({err}); pip install 'distillery[trainer]'", file=sys.stderr)
+        return EXIT_ERROR
+    search = resolve_search_paths(search, Path(args.search).resolve().parent)
+    learn_from = Path(args.learn_from).expanduser().resolve() if args.learn_from else None
+    try:
+        outcome = run_local_search(search, restart=args.restart, learn_from=learn_from,
+                                   show_bar=False if args.no_progress else None)
+    except SearchInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    print(json.dumps(outcome.status.to_wire(), indent=2) if args.json else table(outcome.status))
+    if outcome.plot and not args.json:
+        print(f"wrote {outcome.plot}")
+    return outcome.code
+
+
 def cmd_validate(args) -> int:
     try:
         job = load_job_file(args.job)
@@ -153,6 +187,25 @@ interrupting:
 """
 
 
+SEARCH_EPILOG = """\
+exit codes:
+  0    a trial's student met every target (the best one is marked > in the table)
+  3    every trial ran and none met every target
+  2    invalid input (spec, space, teacher, data): nothing was trained
+  1    no trial could be measured (errors)
+  130  interrupted with Ctrl-C (SIGINT)
+
+output folder (the template's output.uri):
+  trials/<search>-tNNN/  one DistillationJob output per trial
+  cache/                 teacher outputs shared by every trial (unless output.cacheUri is set)
+  search.json            the search's status: trials, frontier, bestTrial (rewritten after each trial)
+  frontier.png           accuracy against latency of every trial, frontier highlighted
+
+Running the same command again continues the search: finished trials are reused (no training),
+an interrupted one resumes from its checkpoint, and sampling goes on from their results.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillery", description="Distill teacher models into fast students.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -171,6 +224,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print result.json instead of the table")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
+
+    search = sub.add_parser(
+        "search", help="run a DistillationSearch locally, trials one after another (exit 0 a student met "
+        "the targets, 3 none did, 2 invalid)", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=SEARCH_EPILOG)
+    search.add_argument("search", help="DistillationSearch YAML (the same file you would kubectl apply)")
+    search.add_argument("--restart", action="store_true",
+                        help="forget the previous trials of this search and start over (each trial's "
+                             "checkpoints and result too)")
+    search.add_argument("--json", action="store_true", help="print search.json (the search's status) instead of "
+                        "the table")
+    search.add_argument("--no-progress", action="store_true", help="no progress bar")
+    search.add_argument("--learn-from", metavar="DIR",
+                        help="a previous search's output folder: its frontier trials' settings are tried first")
+    search.set_defaults(func=cmd_search)
 
     validate = sub.add_parser("validate", help="check a DistillationJob file without running it")
     validate.add_argument("job")

@@ -192,12 +192,14 @@ def _teacher_points(teachers: dict[str, list]) -> list[PlotPoint]:
 
 def points_from_results(results: Iterable[Any]) -> list[PlotPoint]:
     """Points from TrainerResult documents (result.json, camelCase) or TrainerResult objects:
-    each student, its int8 export when measured, and one point per teacher."""
+    each variant of each student (fp32, int8), and one point per teacher."""
     points: list[PlotPoint] = []
     teachers: dict[str, list] = {}
     for result in results:
         job = _get(result, "job") or "student"
-        for suffix, metrics in (("", _get(result, "student")), (" int8", _get(result, "studentInt8", "student_int8"))):
+        variants = _get(result, "variants") or []
+        listed = [("" if _get(v, "name") == "fp32" else f" {_get(v, 'name')}", _get(v, "metrics")) for v in variants]
+        for suffix, metrics in listed or [("", _get(result, "student"))]:
             point = _metric_point(job + suffix, metrics, False) if metrics is not None else None
             if point is not None:
                 points.append(point)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from distillery.api.job import Decision, Hardware, ModelMetrics, Task
+from distillery.api.job import Decision, Hardware, ModelMetrics, Task, Variant
 from distillery.api.result import TrainerResult
 from distillery.api.student import StudentModel
 from distillery.cli import main
@@ -58,14 +58,15 @@ def _result(job: str, acc: float, lat: float, size: int, int8: tuple | None = No
                            parameters=22_000_000, size_bytes=90_000_000, num_layers=6)
     student = ModelMetrics(accuracy=acc, metric_name="accuracy", latency_p50_ms=lat, latency_p95_ms=lat * 1.1,
                            parameters=size // 4, size_bytes=size, num_layers=3)
-    student_int8 = None
+    variants = [Variant(name="fp32", metrics=student, accepted=True)]
     if int8 is not None:
-        student_int8 = ModelMetrics(accuracy=int8[0], metric_name="accuracy", latency_p50_ms=int8[1],
-                                    parameters=size // 4, size_bytes=size // 4, num_layers=3)
+        variants.append(Variant(name="int8", accepted=True, metrics=ModelMetrics(
+            accuracy=int8[0], metric_name="accuracy", latency_p50_ms=int8[1], parameters=size // 4,
+            size_bytes=size // 4, num_layers=3)))
     result = TrainerResult(
         job=job, task=Task.SEQUENCE_CLASSIFICATION, hardware=Hardware.CPU, fingerprint="f" * 16,
         spec_hash="s" * 16, teacher_uri="file:///models/teacher", teacher=teacher, student=student,
-        student_int8=student_int8, teacher_layers=6, layers_kept=[0, 2, 5], speedup=100.0 / lat,
+        variants=variants, teacher_layers=6, layers_kept=[0, 2, 5], speedup=100.0 / lat,
         accuracy_retention=acc / 0.96, compression_ratio=1.3, pareto_score=(100.0 / lat) * (acc / 0.96),
         decision=Decision(accepted=True, reasons=["made up"]), artifacts={"uri": f"file:///runs/{job}/"},
         start_time="2026-01-01T00:00:00+00:00", completion_time="2026-01-01T00:10:00+00:00",

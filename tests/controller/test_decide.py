@@ -227,6 +227,10 @@ def test_finish_registers_an_accepted_student(tmp_path):
     assert status["studentModel"] == "a-g1" and status["speedup"] == result["speedup"]
     assert condition(status, "Ready")["status"] == "True"
     assert actions[0].body["spec"]["teacher"]["uri"] == doc["spec"]["teacher"]["uri"]
+    spec = actions[0].body["spec"]
+    assert spec["variant"] == status["variant"] == "fp32" and spec["artifact"].endswith("/model.onnx")
+    assert spec["recipe"]["keepLayers"] == len(result["layersKept"]) and spec["recipe"]["int8"] is False
+    assert [v["name"] for v in status["variants"]] == ["fp32"]
     assert actions[2].reason == "Accepted" and "registered StudentModel a-g1" in actions[2].message
 
 
@@ -249,6 +253,11 @@ def test_a_forged_result_is_refused(tmp_path):
     forged = copy.deepcopy(real)  # written to the store after the trainer ran
     forged["student"]["latencyP50Ms"] = forged["teacher"]["latencyP50Ms"] / 1000
     forged.update(speedup=1000.0, paretoScore=997.4, decision={"accepted": True, "reasons": ["all good"]})
+    # The chosen variant must carry the student's metrics, else the file is not even a result.
+    actions = finish(doc, forged, [pod(reported(real))])
+    assert condition(status_of(actions), "Succeeded")["reason"] == "ResultInvalid"
+    assert "chosen variant" in status_of(actions)["message"]
+    forged["variants"][0].update(metrics=forged["student"], speedup=1000.0, paretoScore=997.4, accepted=True)
     actions = finish(doc, forged, [pod(reported(real))])
     assert not any(isinstance(a, RegisterStudent) for a in actions)
     status = status_of(actions)
@@ -283,6 +292,7 @@ def test_rounded_scores_of_a_real_run_are_believed(tmp_path):
     result["teacher"].update(accuracy=0.984887, latencyP50Ms=0.1316)
     result["student"].update(accuracy=0.984887, latencyP50Ms=0.071)
     result.update(speedup=1.8535, paretoScore=1.853521, accuracyRetention=1.0)
+    result["variants"][0].update(metrics=result["student"], speedup=1.8535, paretoScore=1.853521)
     actions = finish(doc, result, [pod(reported(result))])
     assert reported(result)["speedup"] == 1.853
     assert status_of(actions)["phase"] == "Succeeded" and status_of(actions)["accepted"] is True

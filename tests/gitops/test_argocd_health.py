@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distillery.api.job import Artifacts, Decision, Hardware, ModelMetrics, Task
+from distillery.api.job import Artifacts, Decision, Hardware, ModelMetrics, Task, Variant
 from distillery.api.result import TrainerResult
 from distillery.controller import registry
 from distillery.controller import status as st
@@ -75,7 +75,7 @@ def result(accepted: bool, reasons: list[str]) -> TrainerResult:
     return TrainerResult(
         job="digits", task=Task.TABULAR_CLASSIFICATION, hardware=Hardware.CPU, fingerprint="f" * 16,
         spec_hash="s" * 16, teacher_uri="s3://models/t", teacher=teacher, student=student,
-        layers_kept=[1, 3, 5], speedup=2.5, accuracy_retention=0.95 / 0.96, compression_ratio=2.0,
+        variants=[Variant(name="fp32", metrics=student, accepted=accepted)], layers_kept=[1, 3, 5], speedup=2.5, accuracy_retention=0.95 / 0.96, compression_ratio=2.0,
         pareto_score=2.5 * 0.95 / 0.96, decision=Decision(accepted=accepted, reasons=reasons),
         artifacts=Artifacts(uri="s3://runs/digits/g1"),
         start_time="2026-01-01T00:00:00+00:00", completion_time="2026-01-01T00:10:00+00:00",

@@ -41,7 +41,7 @@ def test_student_beats_an_untrained_student_of_the_same_shape(distilled):
 
 def test_everything_in_the_result_is_measured(distilled):
     trained, _, _ = distilled
-    for model in (trained.teacher, trained.student, trained.student_int8):
+    for model in (trained.teacher, trained.metrics_of("fp32"), trained.metrics_of("int8")):
         assert 0 < model.latency_p50_ms <= model.latency_p95_ms
         assert model.size_bytes > 0 and model.parameters > 0
     assert trained.student.parameters < trained.teacher.parameters
@@ -129,3 +129,26 @@ def test_latencies_are_measured_in_turns_with_every_iteration_counted(digits_wor
     assert [lat.iterations for lat in latencies] == [7, 7]  # 3 + 2 + 2 in three turns each
     for lat in latencies:
         assert 0 < lat.p50_ms <= lat.p95_ms
+
+
+def test_every_variant_is_measured_judged_and_the_preferred_one_is_the_student(distilled):
+    trained, untrained, out = distilled
+    from distillery.api.job import OptimizeFor, Targets
+    from distillery.variants import rejudge
+
+    assert [v.name for v in trained.variants] == ["fp32", "int8"]
+    fp32, int8 = trained.variants
+    assert fp32.artifact.endswith("/model.onnx") and int8.artifact.endswith("/model.int8.onnx")
+    assert (out / "model.int8.onnx").is_file()
+    # The default preference (paretoScore) among variants that meet every target, from measured numbers.
+    pool = [v for v in trained.variants if v.accepted] or trained.variants
+    assert trained.variant == max(pool, key=lambda v: (v.pareto_score, v.metrics.accuracy)).name
+    assert trained.student == trained.metrics_of(trained.variant)
+    assert trained.pareto_score == trained.chosen_variant().pareto_score
+    by_size, _ = rejudge(trained, Targets(optimize_for=OptimizeFor.SIZE))
+    assert by_size.variant == "int8"  # quantized weights are about 4x smaller
+    written = json.loads((out / "result.json").read_text())
+    assert written["variant"] == trained.variant and len(written["variants"]) == 2
+    assert len(untrained.variants) == 1 and untrained.variant == "fp32"
+    card = (out / "README.md").read_text()
+    assert "student fp32" in card and "student int8" in card

@@ -174,6 +174,7 @@ def test_a_result_with_non_finite_numbers_is_refused_and_never_written():
            "student": {"accuracy": float("nan"), "latencyP50Ms": 0.5}, "speedup": 2.0, "accuracyRetention": 1.0,
            "compressionRatio": 2.0, "paretoScore": 2.0, "decision": {"accepted": True}, "artifacts": {},
            "startTime": "t", "completionTime": "t"}
+    doc["variants"] = [{"name": "fp32", "metrics": doc["student"], "accepted": True}]
     with pytest.raises(ValueError, match="student.accuracy"):
         TrainerResult.model_validate(doc)
     doc["student"]["accuracy"] = 0.8

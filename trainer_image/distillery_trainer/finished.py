@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from distillery.api.job import Decision, Targets
+from distillery import variants
+from distillery.api.job import Targets
 from distillery.api.load import describe_validation_error
 from distillery.api.result import InputDigests, TrainerResult
-from distillery.verdict import Scores, Verdict, decide, measured
 
 
 @dataclass(frozen=True)
@@ -25,20 +25,12 @@ class Rerun:
     reason: str
 
 
-def scored_fields(scores: Scores, verdict: Verdict) -> dict:
-    """The derived numbers and the decision as a result stores them (rounded as written)."""
-    return {"speedup": round(scores.speedup, 4), "accuracy_retention": round(scores.accuracy_retention, 6),
-            "compression_ratio": round(scores.compression_ratio, 4), "pareto_score": round(scores.pareto_score, 6),
-            "decision": Decision(accepted=verdict.accepted, reasons=verdict.reasons)}
-
-
 def rejudge(result: TrainerResult, targets: Targets) -> TrainerResult | Rerun:
-    """The result with its scores and decision recomputed from its measured numbers."""
-    teacher, student = measured(result.teacher), measured(result.student)
-    if teacher is None or student is None:
+    """The result with every variant's verdict, the choice and the scores recomputed."""
+    try:
+        return variants.rejudge(result, targets)[0]
+    except ValueError:
         return Rerun("it lacks the measured accuracy or latency")
-    scores, verdict = decide(targets, teacher, student)
-    return result.model_copy(update=scored_fields(scores, verdict))
 
 
 def check_previous(raw, *, spec_hash: str, fingerprint: str, digests: InputDigests,

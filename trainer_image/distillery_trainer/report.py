@@ -22,10 +22,13 @@ def _size(n: int | None) -> str:
 
 
 def table(result: TrainerResult) -> str:
-    """Teacher vs student (and int8 when measured), then the derived scores and the verdict."""
-    cols = [("teacher", result.teacher), ("student", result.student)]
-    if result.student_int8 is not None:
-        cols.append(("student int8", result.student_int8))
+    """Teacher vs every variant of the student, then the chosen one's scores and the verdict."""
+    cols = [("teacher", result.teacher)]
+    if len(result.variants) == 1:
+        cols.append(("student", result.student))
+    else:
+        cols.extend((f"student {v.name}" + (" *" if v.name == result.variant else ""), v.metrics)
+                    for v in result.variants)
     metric = result.student.metric_name or "accuracy"
     decode = result.student.latency_name == "decode-ms-per-token"
     latency = "decode ms/token" if decode else "latency"
@@ -50,6 +53,13 @@ def table(result: TrainerResult) -> str:
     for label, values in rows:
         lines.append("  ".join([label.ljust(width0)] + [v.rjust(w) for v, w in zip(values, widths, strict=True)]))
     lines.append("")
+    if len(result.variants) > 1:
+        lines.append("variants (* = the student: the best by targets.optimizeFor that meets every target)")
+        for v in result.variants:
+            scores = "" if v.speedup is None else f"speedup {v.speedup:.2f}x, pareto {v.pareto_score:.4f}, "
+            lines.append(f"  {v.name}: {scores}{'meets every target' if v.accepted else 'rejected'}"
+                         + ("" if v.accepted else f" ({'; '.join(v.reasons)})"))
+        lines.append("")
     lines.append(f"layers kept        {result.layers_kept} of {result.teacher_layers or '?'}")
     how = "decode at batch 1, torch" if decode else "onnxruntime"
     lines.append(f"speedup            {result.speedup:.2f}x  ({result.hardware.value}, {how})")
@@ -57,7 +67,7 @@ def table(result: TrainerResult) -> str:
     lines.append(f"compression ratio  {result.compression_ratio:.2f}x")
     lines.append(f"pareto score       {result.pareto_score:.4f}")
     verdict = "ACCEPTED" if result.decision.accepted else "REJECTED"
-    lines.append(f"verdict            {verdict}")
+    lines.append(f"verdict            {verdict}" + (f" ({result.variant} variant)" if len(result.variants) > 1 else ""))
     lines.extend(f"  - {reason}" for reason in result.decision.reasons)
     lines.append(f"artifacts          {result.artifacts.uri}")
     return "\n".join(lines)
@@ -68,6 +78,8 @@ def metrics_document(result: TrainerResult) -> dict:
     doc = {
         "teacher": result.teacher.to_wire(),
         "student": result.student.to_wire(),
+        "variant": result.variant,
+        "variants": [v.to_wire() for v in result.variants],
         "speedup": result.speedup,
         "accuracyRetention": result.accuracy_retention,
         "compressionRatio": result.compression_ratio,
@@ -76,11 +88,14 @@ def metrics_document(result: TrainerResult) -> dict:
         "layerScores": result.layer_scores,
         "hardware": result.hardware.value,
     }
-    if result.student_int8 is not None:
-        doc["studentInt8"] = result.student_int8.to_wire()
     if result.training is not None:
         doc["training"] = result.training.to_wire()
     return doc
+
+
+def _variant_file(result: TrainerResult) -> str:
+    chosen = result.chosen_variant()
+    return f": `{chosen.artifact.rsplit('/', 1)[-1] or 'model/'}`" if chosen and chosen.artifact else ""
 
 
 def measured_how(result: TrainerResult, spec) -> str:
@@ -124,6 +139,7 @@ Verdict: **{verdict}**.
 
 ## Files
 - `model/`: weights (safetensors) and config
-- `model.onnx`{" and `model.int8.onnx`" if result.student_int8 else ""}: for onnxruntime
+- `model.onnx`{" and `model.int8.onnx`" if result.artifacts.onnx_int8 else ""}: for onnxruntime
+  (the student is the `{result.variant}` variant{_variant_file(result)})
 - `metrics.json`, `result.json`: the numbers above
 """

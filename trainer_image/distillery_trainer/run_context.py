@@ -10,7 +10,7 @@ import torch
 from distillery.api.job import DistillationJob, DistillationJobSpec, ModelMetrics
 from distillery.api.result import InputDigests, TrainerResult
 from distillery.store import Store
-from distillery.verdict import Scores, Verdict
+from distillery.variants import Judged
 from distillery_trainer.checkpoint import Checkpoints, CheckpointState
 from distillery_trainer.encode import Encoded
 from distillery_trainer.evaluation import Quality
@@ -76,8 +76,7 @@ class RunContext:
     exported: Exported | None = None
     latencies: list[Latency] = field(default_factory=list)
     measured: Measurements | None = None
-    scores: Scores | None = None
-    verdict: Verdict | None = None
+    judged: Judged | None = None  # every variant judged, and the one chosen as the student
     result: TrainerResult | None = None  # set by the last stage, or early by a reusable earlier run
 
     @property

@@ -17,8 +17,7 @@ import torch
 from distillery.api.job import ModelMetrics, TeacherFormat, TeacherLogits
 from distillery.api.result import RESULT_KEY, TrainerResult, TrainingSummary, non_finite_paths
 from distillery.store import StoreError
-from distillery.verdict import decide as apply_targets
-from distillery.verdict import measured
+from distillery.variants import FP32, INT8, Candidate, judge, result_fields
 from distillery_trainer import finished, preflight, publish, teacher_cache, training
 from distillery_trainer.checkpoint import (
     Checkpoints,
@@ -384,7 +383,8 @@ def int8_quality(ctx: RunContext, path) -> Quality:
 
 
 def decide(ctx: RunContext) -> None:
-    """The targets applied to the measured numbers; a non-finite number fails the run instead."""
+    """The targets applied to each measured variant, one chosen by targets.optimizeFor; a
+    non-finite number fails the run instead."""
     m = ctx.measured
     # model_dump in python mode: JSON mode would have turned NaN into null already.
     numbers = {"teacher": m.teacher.model_dump(by_alias=True), "student": m.student.model_dump(by_alias=True),
@@ -394,7 +394,17 @@ def decide(ctx: RunContext) -> None:
     if bad:
         raise NonFiniteError(f"measured {', '.join(bad[:5])} is NaN or infinite; check the inputs "
                              "(features contain NaN/inf?) and the learning rate")
-    ctx.scores, ctx.verdict = apply_targets(ctx.spec.targets, measured(m.teacher), measured(m.student))
+    uris = publish.artifact_uris(ctx.store, ctx.spec, m.student_int8 is not None)
+    # What was measured as fp32: the ONNX file, or for a causal LM the weights decoded in torch.
+    fp32_artifact = uris.get("weights") if ctx.task.causal else uris.get("onnx")
+    candidates = [Candidate(FP32, m.student, fp32_artifact)]
+    if m.student_int8 is not None:
+        candidates.append(Candidate(INT8, m.student_int8, uris.get("onnx_int8")))
+    ctx.judged = judge(ctx.spec.targets, m.teacher, candidates)
+    if len(candidates) > 1:
+        ctx.progress.log("variants: " + ", ".join(
+            f"{v.name} {'meets every target' if v.accepted else 'rejected'}" for v in ctx.judged.variants)
+            + f"; the student is the {ctx.judged.chosen.name} variant (optimizeFor {ctx.spec.targets.optimize_for.value})")
 
 
 # ----------------------------------------------------------------------------- write
@@ -405,9 +415,9 @@ def build_result(ctx: RunContext) -> TrainerResult:
     return TrainerResult(
         job=ctx.job.metadata.name, task=spec.teacher.task, hardware=spec.targets.hardware,
         fingerprint=ctx.fingerprint, spec_hash=ctx.spec_hash, teacher_uri=spec.teacher.uri,
-        teacher=m.teacher, student=m.student, student_int8=m.student_int8,
+        teacher=m.teacher,
         teacher_layers=ctx.exported.teacher_layers, layers_kept=state.layers, layer_scores=state.layer_scores,
-        **finished.scored_fields(ctx.scores, ctx.verdict),
+        **result_fields(ctx.judged),
         artifacts=publish.artifact_uris(ctx.store, spec, ctx.exported.int8_onnx is not None),
         training=TrainingSummary(epochs=spec.distillation.epochs, steps=state.global_step,
                                  seconds=round(ctx.train_seconds, 2), device=ctx.device.type,

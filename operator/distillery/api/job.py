@@ -509,10 +509,10 @@ class Variant(ApiModel):
     name: str = Field(description="fp32 or int8")
     artifact: str | None = Field(default=None, description="the file that is this variant")
     metrics: ModelMetrics
-    speedup: float
-    accuracy_retention: float
-    compression_ratio: float
-    pareto_score: float
+    speedup: float | None = Field(default=None, description="absent when the variant could not be judged")
+    accuracy_retention: float | None = None
+    compression_ratio: float | None = None
+    pareto_score: float | None = None
     accepted: bool
     reasons: list[str] = Field(default_factory=list)
 

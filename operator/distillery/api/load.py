@@ -1,4 +1,4 @@
-"""Reading a DistillationJob document and turning validation errors into one clear line."""
+"""Reading a DistillationJob or DistillationSearch document and turning validation errors into one clear line."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from distillery.api.job import DistillationJob
+from distillery.api.search import DistillationSearch
 
 
 class SpecError(ValueError):
@@ -96,5 +97,40 @@ def load_job_file(path: str | Path) -> DistillationJob:
         raise SpecError(f"{path}: expected exactly one DistillationJob document, found {len(jobs)}")
     try:
         return load_job(jobs[0])
+    except RecursionError:
+        raise SpecError(f"{path}: nested too deeply") from None
+
+
+def load_search(document: dict[str, Any]) -> DistillationSearch:
+    if not isinstance(document, dict):
+        raise SpecError("the search document must be a YAML mapping (a DistillationSearch)")
+    try:
+        return DistillationSearch.model_validate(document)
+    except ValidationError as err:
+        raise SpecError(f"invalid DistillationSearch: {describe_validation_error(err)}") from None
+
+
+def load_search_file(path: str | Path) -> DistillationSearch:
+    """The one DistillationSearch document of a YAML file (other kinds in the file are ignored)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise SpecError(f"search file not found: {path}")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read ({err.strerror or err})") from None
+    if len(raw) > MAX_DOCUMENT_BYTES:
+        raise SpecError(f"{path}: larger than {MAX_DOCUMENT_BYTES} bytes; not a search file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise SpecError(f"{path}: line {line}: not valid UTF-8") from None
+    docs = _parse_documents(text, str(path))
+    searches = [d for d in docs if isinstance(d, dict) and d.get("kind") == "DistillationSearch"]
+    if len(searches) != 1:
+        raise SpecError(f"{path}: expected exactly one DistillationSearch document, found {len(searches)}")
+    try:
+        return load_search(searches[0])
     except RecursionError:
         raise SpecError(f"{path}: nested too deeply") from None

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from distillery.api.base import ApiModel
-from distillery.api.job import Artifacts, Decision, Hardware, ModelMetrics, Task
+from distillery.api.job import Artifacts, Decision, Hardware, ModelMetrics, Task, Variant
 
 # Exit codes of `distillery run` and the trainer entry point.
 EXIT_ACCEPTED = 0
@@ -63,8 +63,9 @@ class TrainerResult(ApiModel):
     spec_hash: str = Field(description="hash of the whole spec")
     teacher_uri: str
     teacher: ModelMetrics
-    student: ModelMetrics
-    student_int8: ModelMetrics | None = None
+    student: ModelMetrics = Field(description="the chosen variant's metrics (see variant)")
+    variant: str = Field(default="fp32", description="the variant chosen as the student")
+    variants: list[Variant] = Field(min_length=1, description="every measured variant, each judged on its own")
     teacher_layers: int | None = None
     layers_kept: list[int] = Field(default_factory=list)
     layer_scores: list[float] = Field(default_factory=list)
@@ -88,6 +89,22 @@ class TrainerResult(ApiModel):
             raise ValueError(f"non-finite numbers in {', '.join(bad[:5])}")
         return self
 
+    @model_validator(mode="after")
+    def _chosen_is_listed(self) -> TrainerResult:
+        chosen = self.chosen_variant()
+        if chosen is None:
+            raise ValueError(f"variant {self.variant!r} is not among the variants")
+        if chosen.metrics != self.student:
+            raise ValueError("student must be the chosen variant's metrics")
+        return self
+
+    def chosen_variant(self) -> Variant | None:
+        return next((v for v in self.variants if v.name == self.variant), None)
+
+    def metrics_of(self, variant: str) -> ModelMetrics | None:
+        """One variant's metrics (fp32, int8), None when it was not exported."""
+        return next((v.metrics for v in self.variants if v.name == variant), None)
+
     def to_json(self) -> str:
         """result.json's text: strict JSON (no NaN or Infinity tokens), camelCase keys."""
         return json.dumps(self.to_wire(), indent=2, allow_nan=False) + "\n"
@@ -104,6 +121,7 @@ class TrainerResult(ApiModel):
             "paretoScore": round(self.pareto_score, 4),
             "speedup": round(self.speedup, 3),
             "accuracy": self.student.accuracy,
+            "variant": self.variant,
             "result": self.artifacts.result,
         }
         text = json.dumps(body, separators=(",", ":"))

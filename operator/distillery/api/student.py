@@ -6,6 +6,7 @@ from pydantic import Field
 
 from distillery.api.base import API_VERSION, ApiModel, Condition
 from distillery.api.job import Artifacts, Hardware, ModelMetrics, ObjectMeta, Task
+from distillery.api.search import TrialParams
 
 
 class TeacherRef(ApiModel):
@@ -31,6 +32,10 @@ class StudentModelSpec(ApiModel):
     metrics: ModelMetrics
     teacher_metrics: ModelMetrics | None = None
     pareto_score: float | None = None
+    variant: str | None = Field(default=None, description="which variant of the job's student this is (fp32, int8)")
+    artifact: str | None = Field(default=None, description="the file of that variant (ONNX)")
+    recipe: TrialParams | None = Field(
+        default=None, description="the student choices that produced it (a search tries these first)")
 
 
 class StudentModelStatus(ApiModel):

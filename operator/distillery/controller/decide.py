@@ -12,9 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from distillery.api.job import DistillationJob, Progress
+from distillery.api.job import DistillationJob, ModelMetrics, Progress
 from distillery.api.load import SpecError, load_job
-from distillery.api.result import TrainerResult
 from distillery.controller import naming, policy, registry
 from distillery.controller import status as st
 from distillery.controller.kube import termination_message
@@ -280,7 +279,7 @@ def finish(obs: Observed, settings: Settings, pods: list[dict], result: StoreRea
     reported = next((msg for msg, _ in latest_reports(pods) if msg and msg.get("ok") is True), None)
     own_name = naming.student_model_name(obs.name, obs.generation)
 
-    def dominators(candidate: TrainerResult) -> list[str] | None:
+    def dominators(candidate: ModelMetrics) -> list[str] | None:
         if not job.spec.targets.must_improve_frontier or registered is None:
             return None
         others = [m for m in registered if m["metadata"]["name"] != own_name]
@@ -298,7 +297,7 @@ def finish(obs: Observed, settings: Settings, pods: list[dict], result: StoreRea
         actions.append(RegisterStudent(registry.build_student_model(job, obs.uid, obs.generation, res)))
     actions.append(PatchStatus(st.finished(obs.generation, res, verdict.accepted, list(verdict.reasons),
                                            student_model, obs.conditions)))
-    summary = (f"speedup {res.speedup:.2f}x, retention {res.accuracy_retention:.4f}, "
+    summary = (f"{res.variant} variant: " if len(res.variants) > 1 else "") + (f"speedup {res.speedup:.2f}x, retention {res.accuracy_retention:.4f}, "
                f"pareto {res.pareto_score:.4f}" + (f"; registered StudentModel {student_model}" if student_model else ""))
     actions += [Event("Accepted" if verdict.accepted else "Rejected", summary), ForgetStore()]
     return actions

@@ -26,7 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from distillery.api.base import GROUP, VERSION
 from distillery.api.load import SpecError
 from distillery.api.result import PROGRESS_KEY, RESULT_KEY
-from distillery.controller import decide, metrics, naming, registry
+from distillery.controller import decide, metrics, naming, registry, search_handlers
 from distillery.controller.context import OperatorContext, read_json_document
 from distillery.controller.decide import (
     CreateJob,
@@ -391,6 +391,7 @@ def register(reg: kopf.OperatorRegistry, poll_interval_s: float) -> kopf.Operato
     # job, and its JSON patch of the finalizer raced our first status patch: 422s).
     kopf.on.delete(GROUP, VERSION, JOBS, id="forget", registry=reg)(forget)
     kopf.on.event(GROUP, VERSION, STUDENTS, id="student_event", registry=reg)(student_event)
+    search_handlers.register(reg, poll_interval_s)
     return reg
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from distillery.api.job import DistillationJob
+from distillery.api.job import DistillationJob, ModelMetrics
 from distillery.api.result import TrainerResult
+from distillery.api.search import TrialParams
 from distillery.controller import naming
 from distillery.frontier import Point, dominators, point_from_metrics
 
@@ -41,8 +42,19 @@ def build_student_model(job: DistillationJob, uid: str, generation: int, result:
             "metrics": result.student.to_wire(),
             "teacherMetrics": result.teacher.to_wire(),
             "paretoScore": result.pareto_score,
+            "variant": result.variant,
+            **({"artifact": chosen.artifact} if (chosen := result.chosen_variant()) and chosen.artifact else {}),
+            "recipe": recipe_of(job, result).to_wire(),
         },
     }
+
+
+def recipe_of(job: DistillationJob, result: TrainerResult) -> TrialParams:
+    """The student choices that produced a result, in a search space's terms (depth as measured)."""
+    student, d = job.spec.student, job.spec.distillation
+    return TrialParams(keep_layers=len(result.layers_kept) or None, method=student.method,
+                       importance_metric=student.importance_metric, int8=job.spec.export.int8,
+                       temperature=d.temperature, alpha=d.alpha, learning_rate=d.learning_rate, epochs=d.epochs)
 
 
 def point_of(name: str, metrics: Mapping) -> Point:
@@ -65,9 +77,9 @@ def frontier_statuses(models: list[dict]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def candidate_dominators(result: TrainerResult, models: list[dict]) -> list[str]:
-    """Registered models that dominate a new student (for targets.mustImproveFrontier)."""
-    candidate = point_of("<candidate>", result.student.to_wire())
+def candidate_dominators(metrics: ModelMetrics, models: list[dict]) -> list[str]:
+    """Registered models that dominate a new student's metrics (for targets.mustImproveFrontier)."""
+    candidate = point_of("<candidate>", metrics.to_wire())
     others = [point_of(m["metadata"]["name"], m["spec"].get("metrics", {})) for m in models]
     return dominators(candidate, others)
 
@@ -83,7 +95,8 @@ def indexed(model: Mapping) -> dict[str, Any]:
         "metadata": {"name": meta["name"], "uid": meta.get("uid"), "generation": meta.get("generation"),
                      "labels": {naming.LABEL_GROUP_KEY: (meta.get("labels") or {}).get(naming.LABEL_GROUP_KEY)},
                      "deletionTimestamp": meta.get("deletionTimestamp")},
-        "spec": {"metrics": dict((model.get("spec") or {}).get("metrics") or {})},
+        # recipe and paretoScore: a search tries the registered students' settings first.
+        "spec": {k: v for k, v in (model.get("spec") or {}).items() if k in ("metrics", "recipe", "paretoScore")},
         "status": {k: status[k] for k in FRONTIER_KEYS if k in status},
     }
 

@@ -15,11 +15,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from distillery.api.job import DistillationJob
+from distillery import variants
+from distillery.api.job import DistillationJob, ModelMetrics
 from distillery.api.load import describe_validation_error
 from distillery.api.result import TrainerResult, non_finite_paths
 from distillery.fingerprint import spec_hash
-from distillery.verdict import Verdict, decide, measured
+from distillery.verdict import Verdict, measured
 
 # The termination message rounds these as TrainerResult.termination_message does.
 _REPORTED = (("accuracy", None), ("paretoScore", 4), ("speedup", 3))
@@ -54,12 +55,13 @@ def _same(a: float | None, b: float | None, digits: int | None) -> bool:
 
 
 def check_result(raw: Any, job: DistillationJob, reported: Mapping[str, Any] | None,
-                 dominators: Callable[[TrainerResult], list[str] | None] | None = None) -> Checked | Refused:
+                 dominators: Callable[[ModelMetrics], list[str] | None] | None = None) -> Checked | Refused:
     """The result of `job` (the generation's job, as the trainer saw it) if it can be believed.
 
     `raw` is result.json as parsed, `reported` the trainer pod's termination message (None when
-    no pod reported one), `dominators` gives the registered models that dominate the student (for
-    targets.mustImproveFrontier; None when the frontier is not consulted).
+    no pod reported one), `dominators` gives the registered models that dominate a variant's
+    metrics (for targets.mustImproveFrontier; None when the frontier is not consulted). Every
+    variant is judged again and the student chosen again; the stored verdicts are not believed.
     """
     where = f"{job.spec.output.uri.rstrip('/')}/result.json"
     bad = non_finite_paths(raw)
@@ -92,11 +94,26 @@ def check_result(raw: Any, job: DistillationJob, reported: Mapping[str, Any] | N
         if not isinstance(theirs, int | float) or isinstance(theirs, bool) or not _same(mine, float(theirs), digits):
             return Refused("ResultMismatch", f"{where} disagrees with the trainer pod's termination message "
                                              f"on {field}")
-    scores, verdict = decide(job.spec.targets, teacher, student,
-                             dominated_by=dominators(result) if dominators else None)
-    for field, mine, recomputed in (("speedup", result.speedup, scores.speedup),
-                                    ("paretoScore", result.pareto_score, scores.pareto_score)):
-        if not math.isclose(recomputed, mine, rel_tol=RECOMPUTED_REL_TOL, abs_tol=1e-9):
-            return Refused("ResultMismatch", f"{where}: {field} does not follow from the measured latencies "
-                                             "and accuracies")
-    return Checked(result, verdict)
+    try:
+        rejudged, judged = variants.rejudge(result, job.spec.targets, dominators)
+    except ValueError as err:
+        return Refused("ResultInvalid", f"{where}: {err}")
+    stored_chosen = result.chosen_variant()
+    for stored, fresh in zip(result.variants, judged.variants, strict=True):
+        for field in ("speedup", "pareto_score"):
+            mine, recomputed = getattr(stored, field), getattr(fresh, field)
+            if (mine is None) != (recomputed is None) or (
+                    recomputed is not None and not math.isclose(recomputed, mine, rel_tol=RECOMPUTED_REL_TOL,
+                                                                abs_tol=1e-9)):
+                return Refused("ResultMismatch", f"{where}: variant {fresh.name}'s {_camel(field)} does not follow "
+                                                 "from the measured latencies and accuracies")
+    for field, mine, theirs in (("speedup", result.speedup, stored_chosen.speedup),
+                                ("paretoScore", result.pareto_score, stored_chosen.pareto_score)):
+        if theirs is None or not math.isclose(theirs, mine, rel_tol=RECOMPUTED_REL_TOL, abs_tol=1e-9):
+            return Refused("ResultMismatch", f"{where}: {field} is not the chosen variant's")
+    return Checked(rejudged, judged.verdict)
+
+
+def _camel(field: str) -> str:
+    head, *rest = field.split("_")
+    return head + "".join(w.title() for w in rest)

@@ -146,6 +146,8 @@ def finished(generation: int, result: TrainerResult, accepted: bool, reasons: li
         pareto_score=result.pareto_score,
         accepted=accepted,
         decision=Decision(accepted=accepted, reasons=reasons),
+        variant=result.variant,
+        variants=result.variants,
         artifacts=result.artifacts,
         student_model=student_model,
         message=f"{verdict}: {summary}",

@@ -1,0 +1,59 @@
+"""Names, labels and annotations of a DistillationSearch's trials (its child DistillationJobs).
+
+A trial's name and index are deterministic, so creating the same trial twice is a no-op (409), and
+everything the search needs to know about a trial (its index, its parameters, whether a registry
+seed chose them) is written on the trial itself, so the search's state is rebuilt from its trials.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from distillery.api.base import GROUP
+from distillery.api.search import TrialParams
+
+LABEL_SEARCH = f"{GROUP}/search"
+LABEL_TRIAL_INDEX = f"{GROUP}/trial-index"
+ANNOTATION_PARAMS = f"{GROUP}/trial-params"
+ANNOTATION_SEEDED = f"{GROUP}/trial-seeded"
+# Which StudentModel's recipe a seeded trial tries (so status.seededFrom is rebuilt from the trials).
+ANNOTATION_SEEDED_FROM = f"{GROUP}/trial-seeded-from"
+COMPONENT_TRIAL = "search-trial"
+
+# A label value holds at most 63 characters, and every trial carries its search's name as one.
+MAX_SEARCH_NAME = 63
+
+
+def trial_name(search_name: str, index: int) -> str:
+    return f"{search_name}-t{index:03d}"
+
+
+def trial_selector(search_name: str) -> str:
+    """The label selector of a search's trials."""
+    return f"{LABEL_SEARCH}={search_name}"
+
+
+def is_trial_name_of(search_name: str, job_name: str) -> bool:
+    return re.fullmatch(re.escape(search_name) + r"-t\d{3,}", job_name) is not None
+
+
+def params_annotation(params: TrialParams) -> str:
+    """TrialParams as compact camelCase JSON, unset fields left out, keys sorted (stable text)."""
+    return json.dumps(params.to_wire(), sort_keys=True, separators=(",", ":"))
+
+
+def params_from_annotation(text: str | None) -> TrialParams | None:
+    """The params a trial was started with; None when the annotation is missing or not TrialParams."""
+    if not text:
+        return None
+    try:
+        return TrialParams.model_validate_json(text)
+    except ValueError:
+        return None
+
+
+def index_from_label(value: str | None) -> int | None:
+    if value is None or not re.fullmatch(r"[0-9]{1,6}", value):
+        return None
+    return int(value)

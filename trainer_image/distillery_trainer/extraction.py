@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -110,20 +111,38 @@ def check_explicit(layers: list[int], num_layers: int) -> list[int]:
     return sorted(layers)
 
 
-def greedy_removal(num_layers: int, k: int, divergence, protected: frozenset[int] = frozenset()
-                   ) -> tuple[list[int], list[float]]:
+def greedy_removal(num_layers: int, k: int, divergence, protected: frozenset[int] = frozenset(),
+                   known: Removals | None = None) -> tuple[list[int], list[float], Removals]:
     """Drop, one at a time, the layer whose removal gives the smallest `divergence(kept)` until k
-    remain (ties: the later layer). Returns the kept layers and, as scores, each layer's
-    divergence when removed alone from the full model (protected layers are scored, never dropped)."""
+    remain (ties: the later layer). Returns the kept layers, as scores each layer's divergence when
+    removed alone from the full model (protected layers are scored, never dropped), and the removals
+    made. `known` are removals measured earlier on the same model and data: the greedy path does not
+    depend on k, so they are replayed and only the steps beyond them are measured."""
     keep = list(range(num_layers))
-    alone = [divergence([i for i in keep if i != layer]) for layer in keep] if k < num_layers else []
+    if k >= num_layers:
+        return keep, [], known or Removals([], [])
+    alone = list(known.alone) if known else [divergence([i for i in keep if i != layer]) for layer in keep]
+    removed = list(known.order[:num_layers - k]) if known else []
+    for layer in removed:
+        keep.remove(layer)
     costs = dict(enumerate(alone))
     while len(keep) > k:
         candidates = [i for i in keep if i not in protected]
         if len(keep) < num_layers:
             costs = {layer: divergence([i for i in keep if i != layer]) for layer in candidates}
-        keep.remove(min(candidates, key=lambda i: (costs[i], -i)))
-    return keep, [round(v, 6) for v in alone]
+        victim = min(candidates, key=lambda i: (costs[i], -i))
+        keep.remove(victim)
+        removed.append(victim)
+    longest = removed if not known or len(removed) >= len(known.order) else list(known.order)
+    return keep, [round(v, 6) for v in alone], Removals(alone, longest)
+
+
+@dataclass(frozen=True)
+class Removals:
+    """A greedy removal path: each layer's divergence when removed alone, and the layers removed in order."""
+
+    alone: list[float]
+    order: list[int]
 
 
 def fixed_rule_layers(spec: Student, layers: list[torch.nn.Module], k: int) -> tuple[list[int], list[float]] | None:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import torch
 
-from distillery.api.job import ModelMetrics, TeacherFormat, TeacherLogits
+from distillery.api.job import ExtractionMethod, ModelMetrics, TeacherFormat, TeacherLogits
 from distillery.api.result import RESULT_KEY, TrainerResult, TrainingSummary, non_finite_paths
 from distillery.store import StoreError
 from distillery.variants import FP32, INT8, Candidate, judge, result_fields
@@ -42,6 +42,7 @@ from distillery_trainer.onnx_tools import (
     quantize_int8,
 )
 from distillery_trainer.outputs import TeacherOutputs
+from distillery_trainer.ranking_cache import NO_MEMO, RankingMemo, ranking_key
 from distillery_trainer.run_context import Exported, Measurements, RunContext
 from distillery_trainer.student import select_layers as choose_layers
 from distillery_trainer.student import student_source
@@ -218,7 +219,11 @@ def select_layers(ctx: RunContext) -> None:
             from distillery_trainer.lm.selection import select_decoder_layers as choose
         else:
             choose = choose_layers
-        layers, scores = choose(source, ctx.train_data, ctx.job, ctx.device)
+        memo = ranking_memo(ctx, source)
+        layers, scores = choose(source, ctx.train_data, ctx.job, ctx.device, memo)
+        if memo.reused:
+            ctx.progress.log(f"reused the layer ranking ({', '.join(memo.reused)}) from {memo.store.uri_for(memo.path)}")
+        memo.save()
         ctx.state = CheckpointState(ctx.fingerprint, layers, scores, epoch=0, step_in_epoch=0, global_step=0,
                                     inputs=ctx.digests.model_dump())
         ctx.student = source.with_layers(layers)
@@ -227,6 +232,22 @@ def select_layers(ctx: RunContext) -> None:
         source.cpu()
     ctx.progress.log(f"keeping layers {ctx.state.layers} of {ctx.source_layers}"
                      + (f" (scores {ctx.state.layer_scores})" if ctx.state.layer_scores else ""))
+
+
+def ranking_memo(ctx: RunContext, source: Net):
+    """The layer-ranking cache entry for this teacher (or student.base) and data, next to the
+    teacher-output cache; none for a fresh built-in net, whose layers are random."""
+    spec = ctx.spec
+    if spec.student.method != ExtractionMethod.IMPORTANCE or spec.student.architecture is not None:
+        return NO_MEMO
+    protect = False
+    if ctx.task.causal:
+        from distillery_trainer.lm.selection import protects_ends
+
+        protect = protects_ends(ctx.job)
+    cache, prefix = teacher_cache.cache_location(spec, ctx.store)
+    return RankingMemo.open(cache, prefix, ranking_key(spec, ctx.digests, protect), source.num_layers(),
+                            ctx.progress.log)
 
 
 def resume(ctx: RunContext, source: Net) -> None:

@@ -11,6 +11,7 @@ from distillery_trainer.encode import Encoded
 from distillery_trainer.errors import InputError
 from distillery_trainer.loading import Inputs
 from distillery_trainer.nets import BuiltinWrapper, Net
+from distillery_trainer.ranking_cache import NO_MEMO, RankingMemo
 from distillery_trainer.tasks import for_task
 from distillery_trainer.teacher import TeacherSide, load_torch_model
 
@@ -73,7 +74,7 @@ def importance_scores(net: Net, data: Encoded, job: DistillationJob, device: tor
 
 @torch.no_grad()
 def ablation_selection(net: Net, data: Encoded, job: DistillationJob, device: torch.device,
-                       k: int) -> tuple[list[int], list[float]]:
+                       k: int, memo: RankingMemo = NO_MEMO) -> tuple[list[int], list[float]]:
     """Greedy depth pruning by output change: drop, one at a time, the layer whose removal moves
     the model's outputs least from the full model's on calibration batches.
 
@@ -81,6 +82,10 @@ def ablation_selection(net: Net, data: Encoded, job: DistillationJob, device: to
     the task sees (logits at the distillation temperature, or the embedding). Returns the kept
     layers and, as scores, each layer's divergence when removed alone from the full model.
     """
+    known = memo.removals()
+    if known is not None and len(known.order) >= net.num_layers() - k:  # the path is known this far
+        keep, scores, _ = extraction.greedy_removal(net.num_layers(), k, None, known=known)
+        return keep, scores
     net.to(device).eval()
     batches = calibration_batches(data, job, device)
     temperature = job.spec.distillation.temperature
@@ -92,18 +97,23 @@ def ablation_selection(net: Net, data: Encoded, job: DistillationJob, device: to
                         for ref, batch in zip(reference, batches, strict=True))
         return float(total) / max(1, len(batches))
 
-    return extraction.greedy_removal(net.num_layers(), k, divergence)
+    keep, scores, removals = extraction.greedy_removal(net.num_layers(), k, divergence, known=known)
+    memo.keep_removals(removals)
+    return keep, scores
 
 
-def select_layers(net: Net, data: Encoded, job: DistillationJob, device) -> tuple[list[int], list[float]]:
+def select_layers(net: Net, data: Encoded, job: DistillationJob, device,
+                  memo: RankingMemo = NO_MEMO) -> tuple[list[int], list[float]]:
+    """The layers the student keeps and the scores behind the choice; measurements kept in `memo`
+    (the layer-ranking cache) are reused rather than measured again."""
     spec = job.spec.student
     k = extraction.target_size(spec, net.num_layers())
     fixed = extraction.fixed_rule_layers(spec, list(net.layer_list()), k)
     if fixed is not None:
         return fixed
     if spec.importance_metric == ImportanceMetric.ABLATION:
-        return ablation_selection(net, data, job, device, k)
-    scores = importance_scores(net, data, job, device)
+        return ablation_selection(net, data, job, device, k, memo)
+    scores = memo.scores("scores", lambda: importance_scores(net, data, job, device))
     return extraction.top_k_layers(scores, k), scores
 
 

@@ -16,6 +16,7 @@ from distillery_trainer.encode import Encoded
 from distillery_trainer.errors import InputError
 from distillery_trainer.lm.logits import kd_loss_top_k, top_k_targets
 from distillery_trainer.lm.model import CausalLMNet
+from distillery_trainer.ranking_cache import NO_MEMO, RankingMemo
 
 # Decoder calibration rows are full blocks of L tokens and V-wide logits: keep batches small.
 _CALIBRATION_BATCH = 4
@@ -104,7 +105,7 @@ def block_distances(net: CausalLMNet, batches: list[dict], width: int) -> list[f
 
 @torch.no_grad()
 def ablation_selection(net: CausalLMNet, batches: list[dict], k: int, temperature: float, top_k: int,
-                       protect: bool) -> tuple[list[int], list[float]]:
+                       protect: bool, memo: RankingMemo = NO_MEMO) -> tuple[list[int], list[float]]:
     """Greedy: drop, one at a time, the layer whose removal moves the next-token distributions
     least from the full model's, measured as KL(full || cut) * T^2 per position.
 
@@ -112,6 +113,12 @@ def ablation_selection(net: CausalLMNet, batches: list[dict], k: int, temperatur
     the top-k KD cache holds) rather than (B, L, V) logits: a batch of 4 x 2048 tokens over a
     150k vocabulary is 5 GB in fp32, its top 64 a few MB. Scores: each layer's divergence when
     removed alone from the full model."""
+    n = net.num_layers()
+    protected = frozenset({0, n - 1}) if protect else frozenset()
+    known = memo.removals()
+    if known is not None and len(known.order) >= n - k:  # the path is known this far
+        keep, scores, _ = extraction.greedy_removal(n, k, None, protected, known)
+        return keep, scores
     reference = [top_k_targets(net.outputs(batch).logits, top_k, temperature) for batch in batches]
 
     def divergence(keep: list[int]) -> float:
@@ -120,15 +127,18 @@ def ablation_selection(net: CausalLMNet, batches: list[dict], k: int, temperatur
                         for (logprobs, ids), batch in zip(reference, batches, strict=True))
         return total / max(1, len(batches))
 
-    n = net.num_layers()
-    return extraction.greedy_removal(n, k, divergence, frozenset({0, n - 1}) if protect else frozenset())
+    keep, scores, removals = extraction.greedy_removal(n, k, divergence, protected, known)
+    memo.keep_removals(removals)
+    return keep, scores
 
 
 # ----------------------------------------------------------------------------- entry point
 
 
-def select_decoder_layers(net: CausalLMNet, data: Encoded, job: DistillationJob, device) -> tuple[list[int], list[float]]:
-    """The layers the student keeps, in order, and the scores behind the choice (may be empty)."""
+def select_decoder_layers(net: CausalLMNet, data: Encoded, job: DistillationJob, device,
+                          memo: RankingMemo = NO_MEMO) -> tuple[list[int], list[float]]:
+    """The layers the student keeps, in order, and the scores behind the choice (may be empty);
+    measurements kept in `memo` (the layer-ranking cache) are reused rather than measured again."""
     spec = job.spec.student
     n = net.num_layers()
     k = extraction.target_size(spec, n)
@@ -141,14 +151,18 @@ def select_decoder_layers(net: CausalLMNet, data: Encoded, job: DistillationJob,
     if k == n:
         return list(range(n)), []
     net.to(device).eval()
-    batches = calibration_batches(data, job, device)
+
+    def batches() -> list[dict]:  # only measured when the memo lacks the measurement
+        return calibration_batches(data, job, device)
+
     if spec.importance_metric == ImportanceMetric.ABLATION:
-        return ablation_selection(net, batches, k, job.spec.distillation.temperature,
-                                  job.spec.distillation.top_k, protect)
+        known = memo.removals()
+        return ablation_selection(net, [] if known and len(known.order) >= n - k else batches(), k,
+                                  job.spec.distillation.temperature, job.spec.distillation.top_k, protect, memo)
     if spec.importance_metric == ImportanceMetric.ANGULAR_DISTANCE:
         width = n - k
-        distances = block_distances(net, batches, width)
+        distances = memo.scores(f"distances/{width}", lambda: block_distances(net, batches(), width))
         start = best_block_start(distances, allowed_starts(n, width, protect))
         return drop_block(n, start, width), distances
-    scores = block_influence(net, batches)
+    scores = memo.scores("scores", lambda: block_influence(net, batches()))
     return keep_top_scored(scores, k, protect), scores

@@ -47,6 +47,7 @@ def cmd_search(args) -> int:
         run_local_search,
         table,
     )
+    from distillery.store import StoreError
 
     try:
         import distillery_trainer.entrypoint  # noqa: F401 - every trial runs in this process
@@ -61,6 +62,9 @@ def cmd_search(args) -> int:
     except SearchInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID
+    except StoreError as err:  # search.json or frontier.png could not be read or written
+        print(f"error: store: {err}", file=sys.stderr)
+        return EXIT_ERROR
     print(json.dumps(outcome.status.to_wire(), indent=2) if args.json else table(outcome.status))
     if outcome.plot and not args.json:
         print(f"wrote {outcome.plot}")

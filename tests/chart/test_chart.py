@@ -304,8 +304,9 @@ def assert_least_privilege(rules) -> None:
         assert "*" not in rule.get("apiGroups", []), f"{where}: wildcard API group in {rule}"
         assert not rule.get("nonResourceURLs"), f"{where}: non-resource URLs in {rule}"
         for forbidden in ("escalate", "bind", "impersonate", "deletecollection", "update"):
-            if forbidden == "update" and rule.get("resources") == ["distillationjobs/finalizers"]:
-                continue  # blockOwnerDeletion on the trainer Job's ownerReference needs it
+            if forbidden == "update" and rule.get("resources") in (["distillationjobs/finalizers"],
+                                                                  ["distillationsearches/finalizers"]):
+                continue  # blockOwnerDeletion on a trainer Job's (a trial's) ownerReference needs it
             assert forbidden not in rule.get("verbs", []), f"{where}: {forbidden} in {rule}"
         if "secrets" in rule.get("resources", []):
             assert rule["verbs"] == ["get"], f"{where}: Secrets may only be read by name: {rule}"
@@ -320,7 +321,12 @@ def assert_least_privilege(rules) -> None:
     assert allowed(rules, "apiextensions.k8s.io", "customresourcedefinitions", "watch")
     # Never: the spec is not the operator's (kopf patches only annotations/finalizers).
     assert not allowed(rules, "distillery.io", "distillationjobs", "update")
-    assert not allowed(rules, "distillery.io", "distillationjobs", "create")
+    # A search creates its trials; it never edits or deletes a job (trials go with their search by GC).
+    assert allowed(rules, "distillery.io", "distillationjobs", "create")
+    assert not allowed(rules, "distillery.io", "distillationjobs", "delete")
+    assert allowed(rules, "distillery.io", "distillationsearches/status", "patch")
+    assert allowed(rules, "distillery.io", "distillationsearches", "watch")
+    assert not allowed(rules, "distillery.io", "distillationsearches", "update")
     assert not allowed(rules, "distillery.io", "studentmodels", "patch")  # only their status
     assert not allowed(rules, "", "pods", "create")
     assert not allowed(rules, "", "secrets", "list")

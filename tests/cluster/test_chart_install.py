@@ -131,10 +131,15 @@ def test_namespaced_rbac_allows_what_the_operator_does_and_nothing_more(control_
            ("update", "distillationjobs.distillery.io", "finalizers"),  # blockOwnerDeletion
            ("get", "secrets", None),
            ("list", "pods", None),
-           ("create", "events", None), ("create", "events.events.k8s.io", None)]
+           ("create", "events", None), ("create", "events.events.k8s.io", None),
+           ("create", "distillationjobs.distillery.io", None),  # a search's trials
+           ("watch", "distillationsearches.distillery.io", None),
+           ("patch", "distillationsearches.distillery.io", "status"),
+           ("update", "distillationsearches.distillery.io", "finalizers")]  # blockOwnerDeletion
     no = [("list", "secrets", None), ("watch", "secrets", None), ("create", "secrets", None),
           ("delete", "namespaces", None), ("create", "pods", None), ("delete", "pods", None),
-          ("update", "distillationjobs.distillery.io", None), ("create", "distillationjobs.distillery.io", None),
+          ("update", "distillationjobs.distillery.io", None), ("update", "distillationsearches.distillery.io", None),
+          ("delete", "distillationsearches.distillery.io", None),
           ("delete", "distillationjobs.distillery.io", None), ("update", "distillationjobs.distillery.io", "status"),
           ("patch", "studentmodels.distillery.io", None), ("delete", "studentmodels.distillery.io", None),
           ("create", "roles.rbac.authorization.k8s.io", None), ("create", "serviceaccounts", "token"),

@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - every lupa 2.x wheel ships Lua 5.1
 ARGOCD = Path(__file__).resolve().parents[2] / "deploy" / "argocd"
 JOB_SCRIPT = ARGOCD / "health-distillationjob.lua"
 STUDENT_SCRIPT = ARGOCD / "health-studentmodel.lua"
+SEARCH_SCRIPT = ARGOCD / "health-distillationsearch.lua"
 ARGOCD_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
 
 
@@ -223,13 +224,58 @@ def test_argocd_cm_snippet_carries_the_scripts_verbatim():
         "deploy/argocd/argocd-cm.yaml is out of date: copy health-distillationjob.lua into it")
     assert data["resource.customizations.health.distillery.io_StudentModel"] == STUDENT_SCRIPT.read_text(), (
         "deploy/argocd/argocd-cm.yaml is out of date: copy health-studentmodel.lua into it")
+    assert data["resource.customizations.health.distillery.io_DistillationSearch"] == SEARCH_SCRIPT.read_text(), (
+        "deploy/argocd/argocd-cm.yaml is out of date: copy health-distillationsearch.lua into it")
     # No ignoreDifferences: the operator never writes spec (docs/gitops.md).
     assert not any(k.startswith("resource.customizations.ignoreDifferences") for k in data)
 
 
 def test_scripts_use_only_lua51_and_the_sandbox():
-    for script in (JOB_SCRIPT, STUDENT_SCRIPT):
+    for script in (JOB_SCRIPT, STUDENT_SCRIPT, SEARCH_SCRIPT):
         text = script.read_text()
         for banned in ("os.", "io.", "require(", "goto ", "//"):
             code = "\n".join(line.split("--", 1)[0] for line in text.splitlines())
             assert banned not in code, f"{script.name} uses {banned!r}, which Argo CD's Lua 5.1 sandbox lacks"
+
+
+# ------------------------------------------------------------------------- DistillationSearch
+
+
+def search_object(cluster) -> dict:
+    return {"apiVersion": "distillery.io/v1alpha1", "kind": "DistillationSearch",
+            "metadata": {"name": cluster.name, "namespace": cluster.namespace, "generation": 1},
+            "spec": cluster.spec, "status": copy.deepcopy(cluster.status)}
+
+
+def test_a_search_is_progressing_until_its_budget_is_spent_then_healthy_with_its_best_trial(tmp_path):
+    from tests.controller.test_search_decide import Cluster, search_spec
+
+    c = Cluster(search_spec(tmp_path, budget={"maxTrials": 2, "parallelTrials": 2}))
+    assert run_health(SEARCH_SCRIPT, search_object(c))["status"] == "Progressing"
+    c.step()
+    health = run_health(SEARCH_SCRIPT, search_object(c))
+    assert health["status"] == "Progressing" and health["message"].startswith("Running: 0 of 2 trials finished")
+    c.finish("s-t000", accepted=True)
+    c.finish("s-t001", accepted=False)
+    c.step()
+    health = run_health(SEARCH_SCRIPT, search_object(c))
+    assert health["status"] == "Healthy"
+    assert health["message"].startswith("best trial s-t000 (StudentModel s-t000-g1)")
+
+
+def test_a_search_without_a_student_is_healthy_and_bad_input_is_degraded(tmp_path):
+    from tests.controller.test_search_decide import Cluster, search_spec
+
+    c = Cluster(search_spec(tmp_path, budget={"maxTrials": 1}))
+    c.step()
+    c.finish("s-t000", accepted=False)
+    c.step()
+    health = run_health(SEARCH_SCRIPT, search_object(c))
+    assert health["status"] == "Healthy" and health["message"].startswith("no student meets the targets")
+
+    bad = Cluster(search_spec(tmp_path, budget={"maxTrials": 2}))
+    bad.step()
+    bad.fail("s-t000", "InvalidInput", "student.keepLayers: 9 is larger than the teacher's 6 layers")
+    bad.step()
+    health = run_health(SEARCH_SCRIPT, search_object(bad))
+    assert health["status"] == "Degraded" and health["message"].startswith("TrialInvalid: ")

@@ -82,3 +82,38 @@ def test_nsga2_uses_the_budget_on_new_points_of_a_large_space():
     records = run_search(spec, 20)
     assert len({point_key(r.params) for r in records}) == 20
     assert all(r.params.keep_layers is not None and r.params.temperature is not None for r in records)
+
+
+@pytest.mark.parametrize("algorithm", ["nsga2", "tpe"])
+def test_optuna_takes_failed_and_running_trials_in_its_stride(algorithm):
+    spec = search_spec(LARGE, algorithm=algorithm, budget={"maxTrials": 16})
+    records = run_search(spec, 6)
+    records[1] = TrialRecord(records[1].params, None, True)  # failed
+    records.append(TrialRecord(TrialParams(keep_layers=6, int8=True, temperature=4.0), None, False))  # running
+    params, seeded = next_params(spec, records, [])
+    assert not seeded
+    assert point_key(params) not in {point_key(r.params) for r in records}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tpe_learns_from_the_history(seed):
+    """Accuracy grows with depth: once past its random start, TPE proposes mostly deep students
+    (a random walk over 1..6 layers averages 3.5)."""
+    spec = search_spec(LARGE, algorithm="tpe", seed=seed, objectives=["accuracy"], budget={"maxTrials": 16})
+    records: list[TrialRecord] = []
+    for _ in range(16):
+        params, _ = next_params(spec, records, [])
+        records.append(TrialRecord(params, (measure(params)[0],), True))
+    late = [r.params.keep_layers for r in records[-6:]]
+    assert sum(late) / len(late) >= 4.5, late
+
+
+def test_a_huge_space_is_sampled_without_listing_it():
+    many = [round(0.01 * i, 2) for i in range(1, 33)]
+    spec = search_spec({"keepLayers": {"min": 1, "max": 1000}, "temperature": many, "alpha": many,
+                        "learningRate": many, "epochs": list(range(1, 33))}, budget={"maxTrials": 50})
+    records = []
+    for _ in range(3):
+        params, _ = next_params(spec, records, [])
+        records.append(TrialRecord(params, (0.9, 1.0), True))
+    assert len({point_key(r.params) for r in records}) == 3

@@ -119,3 +119,11 @@ def test_snap_and_complete_point():
     point = complete_point(spec, TrialParams(int8=None, epochs=9))
     assert point == TrialParams(keep_layers=2, int8=False, temperature=1.0, method="uniform")
     assert complete_point(spec, TrialParams(keep_layers=9, int8=True, method="first")).keep_layers == 4
+
+
+def test_a_range_too_long_to_walk_is_a_problem_not_a_hang():
+    spec = search_spec({"keepRatio": {"min": 0.000001, "max": 1, "step": 0.000001}})
+    assert check_space(spec, teacher_layers=None) == [
+        "space.keepRatio: 1000000 values from min to max by step; at most 1024"]
+    with pytest.raises(ValueError, match="space.keepRatio"):
+        dimensions(spec.space)

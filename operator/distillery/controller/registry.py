@@ -52,7 +52,9 @@ def build_student_model(job: DistillationJob, uid: str, generation: int, result:
 def recipe_of(job: DistillationJob, result: TrainerResult) -> TrialParams:
     """The student choices that produced a result, in a search space's terms (depth as measured)."""
     student, d = job.spec.student, job.spec.distillation
-    return TrialParams(keep_layers=len(result.layers_kept) or None, method=student.method,
+    depth, of = len(result.layers_kept), result.teacher_layers
+    return TrialParams(keep_layers=depth or None, keep_ratio=round(depth / of, 6) if depth and of else None,
+                       method=student.method,
                        importance_metric=student.importance_metric, int8=job.spec.export.int8,
                        temperature=d.temperature, alpha=d.alpha, learning_rate=d.learning_rate, epochs=d.epochs)
 

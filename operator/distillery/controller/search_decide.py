@@ -262,7 +262,6 @@ class _Outcome:
     phase: str
     succeeded: tuple[bool | None, str, str]  # the Succeeded condition: status, reason, message
     stalled: tuple[bool, str, str]
-    warning: bool = False
 
 
 def finished(obs: SearchObserved) -> bool:
@@ -418,7 +417,7 @@ def _status(obs: SearchObserved, spec: DistillationSearchSpec, trials: list[Obse
     if failed:
         summary += f", {failed} failed"
     if best is not None:
-        summary += f"; best so far {best.name}"
+        summary += f"; best {best.name}" if done else f"; best so far {best.name}"
     seeded_from: list[str] = []
     for t in trials:
         if t.seeded and t.seeded_from and t.seeded_from not in seeded_from:
@@ -451,7 +450,7 @@ def _outcome(spec: DistillationSearchSpec, best: SearchTrial | None, failure: tu
              ending: str | None, running: int, finished_count: int) -> _Outcome:
     if failure is not None:
         reason, message = failure
-        return _Outcome("Failed", (False, reason, message), (True, reason, message), warning=True)
+        return _Outcome("Failed", (False, reason, message), (True, reason, message))
     if ending is None or running:
         phase = "Running" if running or finished_count else "Pending"
         why = f"no more trials start: {ending}; waiting for {running} running" if ending else "searching"

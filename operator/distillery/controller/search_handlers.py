@@ -2,8 +2,8 @@
 pure), execute: create trial DistillationJobs, patch the search's status, post its final Event.
 
 The trials are listed afresh on every look (a LIST is a quorum read, so a trial created by the
-previous look is always seen and its index never reused), and the registry is listed only when a
-trial is about to start. Create, resume, update and the timer run the same look, one at a time per
+previous look is always seen and its index never reused); the registry's students come from the
+operator's `students_by_group` index, read only when a trial is about to start. Create, resume, update and the timer run the same look, one at a time per
 search; the spec is never written.
 """
 
@@ -20,7 +20,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from distillery.api.base import GROUP, VERSION
-from distillery.controller import metrics, naming, search_decide
+from distillery.controller import metrics, registry, search_decide
 from distillery.controller import search_naming as sn
 from distillery.controller.context import OperatorContext
 from distillery.controller.decide import Event
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 
 SEARCHES = "distillationsearches"
 JOBS = "distillationjobs"
-STUDENTS = "studentmodels"
 
 # One look at a time per search (kopf runs a timer beside the change handlers); keyed by uid.
 _looking: dict[str, asyncio.Lock] = {}
@@ -49,11 +48,6 @@ _looking: dict[str, asyncio.Lock] = {}
 def list_trials(kube: Any, namespace: str, search: str) -> list[dict]:
     return kube.custom.list_namespaced_custom_object(
         GROUP, VERSION, namespace, JOBS, label_selector=sn.trial_selector(search)).get("items", [])
-
-
-def list_group_students(kube: Any, namespace: str, group: str) -> list[dict]:
-    return kube.custom.list_namespaced_custom_object(
-        GROUP, VERSION, namespace, STUDENTS, label_selector=f"{naming.LABEL_GROUP_KEY}={group}").get("items", [])
 
 
 def create_trial(kube: Any, manifest: dict) -> dict | None:
@@ -77,21 +71,29 @@ def observed_search(meta: Mapping, spec: Mapping, status: Mapping | None) -> Sea
 
 
 def _trouble(err: ApiException, what: str) -> kopf.TemporaryError:
-    return kopf.TemporaryError(f"{what}: the API server answered {err.status} {err.reason}", delay=10)
+    # The API server's message says which permission or object is missing: kopf logs it.
+    return kopf.TemporaryError(f"{what}: the API server answered {err.status}: {api_message(err)}", delay=10)
 
 
-async def look(ctx: OperatorContext, obs: SearchObserved, body, patch) -> None:
+def group_students(ctx: OperatorContext, index, namespace: str, group: str) -> list[Mapping]:
+    """The live StudentModels of one frontier group from the operator's index (reduced views that
+    keep each model's recipe, paretoScore and frontier status). Call it in the event loop only,
+    where kopf changes its indexes, so the copy is consistent."""
+    return registry.live(list(index.get((namespace, group), ())), ctx.gone)
+
+
+async def look(ctx: OperatorContext, obs: SearchObserved, body, patch, students_index) -> None:
     """List the trials, decide, and execute; again with the registry when the decision asks."""
     try:
         jobs = await ctx.api(list_trials, ctx.kube, obs.namespace, obs.name)
-        # In a thread: the sampler rebuilds an Optuna study, which must not hold up the event loop.
-        actions = await asyncio.to_thread(decide_search, obs, jobs, None, datetime.now(UTC))
-        asked = [a for a in actions if isinstance(a, ReadRegistry)]
-        if asked:
-            students = await ctx.api(list_group_students, ctx.kube, obs.namespace, asked[0].group)
-            actions = await asyncio.to_thread(decide_search, obs, jobs, students, datetime.now(UTC))
     except ApiException as err:
-        raise _trouble(err, "listing the search's trials and students") from None
+        raise _trouble(err, "listing the search's trials") from None
+    # In a thread: the sampler rebuilds an Optuna study, which must not hold up the event loop.
+    actions = await asyncio.to_thread(decide_search, obs, jobs, None, datetime.now(UTC))
+    asked = [a for a in actions if isinstance(a, ReadRegistry)]
+    if asked:
+        students = group_students(ctx, students_index, obs.namespace, asked[0].group)
+        actions = await asyncio.to_thread(decide_search, obs, jobs, students, datetime.now(UTC))
     await execute(ctx, obs, body, patch, jobs, actions)
 
 
@@ -114,6 +116,11 @@ async def execute(ctx: OperatorContext, obs: SearchObserved, body, patch, jobs: 
             elif ((holder.get("metadata") or {}).get("labels") or {}).get(sn.LABEL_SEARCH) != obs.name:
                 problem = search_decide.name_taken(obs, action.name)
         if problem is not None:
+            # Listed again: the trials this look created before the refusal belong in the table.
+            try:
+                jobs = await ctx.api(list_trials, ctx.kube, obs.namespace, obs.name)
+            except ApiException as err:
+                raise _trouble(err, "listing the search's trials") from None
             actions = await asyncio.to_thread(decide_search, obs, jobs, [], datetime.now(UTC), problem)
             break
     for action in actions:
@@ -138,14 +145,14 @@ def api_message(err: ApiException) -> str:
 # ----------------------------------------------------------------------------- handlers
 
 
-async def reconcile_search(body, meta, spec, status, patch, memo: OperatorContext, **_) -> None:
+async def reconcile_search(body, meta, spec, status, patch, memo: OperatorContext, students_by_group, **_) -> None:
     obs = observed_search(meta, spec, status)
     if finished(obs) or memo.finished.get(obs.uid) == obs.generation:
         return  # done (the watch may not have brought the final status back yet)
     lock = _looking.setdefault(obs.uid, asyncio.Lock())
     async with lock:
         with metrics.observed("search"):
-            await look(memo, obs, body, patch)
+            await look(memo, obs, body, patch, students_by_group)
     if memo.finished.get(obs.uid) == obs.generation:
         _looking.pop(obs.uid, None)
 

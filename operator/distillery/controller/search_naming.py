@@ -34,10 +34,6 @@ def trial_selector(search_name: str) -> str:
     return f"{LABEL_SEARCH}={search_name}"
 
 
-def is_trial_name_of(search_name: str, job_name: str) -> bool:
-    return re.fullmatch(re.escape(search_name) + r"-t\d{3,}", job_name) is not None
-
-
 def params_annotation(params: TrialParams) -> str:
     """TrialParams as compact camelCase JSON, unset fields left out, keys sorted (stable text)."""
     return json.dumps(params.to_wire(), sort_keys=True, separators=(",", ":"))

@@ -29,6 +29,7 @@ from distillery.api.result import EXIT_ERROR, EXIT_INVALID, TrainerResult
 from distillery.api.search import (
     DistillationSearch,
     DistillationSearchStatus,
+    Objective,
     SearchProgress,
     SearchTrial,
     TrialParams,
@@ -189,6 +190,10 @@ def exit_code(status: DistillationSearchStatus) -> int:
     return EXIT_NO_STUDENT if status.trials_succeeded else EXIT_ERROR
 
 
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300]
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -244,13 +249,22 @@ class LocalSearch:
         return open_store(self.output.uri, endpoint=self.output.endpoint, region=self.output.region)
 
     def _previous(self, store) -> DistillationSearchStatus | None:
+        """The status an earlier run of this search left (None: a first run, or --restart)."""
         if self.restart or not store.exists(STATUS_FILE):
             return None
+        where = store.uri_for(STATUS_FILE)
         try:
-            return DistillationSearchStatus.model_validate(store.read_json(STATUS_FILE))
-        except (ValueError, ValidationError) as err:
-            raise SearchInputError(f"{store.uri_for(STATUS_FILE)} is not a search status ({err}); "
-                                   "rerun with --restart to start the search over") from None
+            previous = DistillationSearchStatus.model_validate(json.loads(store.read_text(STATUS_FILE)))
+        except (UnicodeDecodeError, json.JSONDecodeError, ValidationError) as err:
+            raise SearchInputError(f"{where} is not a search status ({one_line(err)}); rerun with --restart "
+                                   "to start the search over") from None
+        name = self.search.metadata.name
+        strangers = [t.name for t in previous.trials if t.name != trial_name(name, t.index)]
+        if strangers:
+            raise SearchInputError(f"template.output.uri: {where} belongs to another search (trial "
+                                   f"{strangers[0]}); give search {name!r} its own output.uri, or rerun "
+                                   "with --restart to replace it")
+        return previous
 
     def _write(self, store, status: DistillationSearchStatus) -> None:
         store.write_text(STATUS_FILE, json.dumps(status.to_wire(), indent=2) + "\n")
@@ -323,7 +337,7 @@ class LocalSearch:
             return summarize(self.search, rows, algorithm=algorithm, seeded_from=seeded_from,
                              start_time=start_time, done=done)
 
-        self._open_bar(len(replay))
+        self._open_bar()
         try:
             while len(rows) < spec.budget.max_trials:
                 index = len(rows)
@@ -364,11 +378,14 @@ class LocalSearch:
         """frontier.png: every measured trial's chosen variant and the teacher (plot.py draws it)."""
         from distillery import plot
 
+        # Sizes only when size is an objective, so the plot's frontier is the table's.
+        sized = Objective.SIZE in self.spec.objectives
         points = [(f"{t.name}{'' if t.variant == 'fp32' else ' ' + t.variant}", t.accuracy, t.latency_ms,
-                   t.size_bytes, False) for t in status.trials if t.phase == SUCCEEDED]
+                   t.size_bytes if sized else None, False) for t in status.trials if t.phase == SUCCEEDED]
         teacher = next(iter(self.results.values())).teacher if self.results else None
         if teacher is not None and teacher.accuracy is not None and teacher.latency_p50_ms is not None:
-            points.insert(0, ("teacher", teacher.accuracy, teacher.latency_p50_ms, teacher.size_bytes, True))
+            points.insert(0, ("teacher", teacher.accuracy, teacher.latency_p50_ms,
+                              teacher.size_bytes if sized else None, True))
         if not any(not p[4] for p in points):
             return None
         title = f"search {self.search.metadata.name}: {len(status.trials)} trials ({status.algorithm})"
@@ -384,7 +401,7 @@ class LocalSearch:
 
     # ---- the bar over trials
 
-    def _open_bar(self, initial: int) -> None:
+    def _open_bar(self) -> None:
         if self.show_bar:
             from tqdm import tqdm
 

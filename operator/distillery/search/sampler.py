@@ -7,7 +7,9 @@ the same history always gives the same next point (an operator restart loses and
 
 from __future__ import annotations
 
+import itertools
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from distillery.api.search import (
@@ -21,7 +23,8 @@ from distillery.search.space import (
     camel,
     complete_point,
     dimensions,
-    grid_points,
+    grid_size,
+    iter_grid,
     point_key,
     resolve_algorithm,
 )
@@ -29,6 +32,9 @@ from distillery.search.space import (
 # Optuna's asks that land on a point already tried before we give up and take the next untried
 # grid point (a nearly exhausted space makes repeats likely).
 MAX_REPEATED_ASKS = 32
+# Untried points compared with the sampler's last proposal when it only repeats (bounds the work
+# on a huge space; the grid's first ones are as good a pool as any).
+MAX_NEAREST_CANDIDATES = 10_000
 # NSGA-II's population: small budgets need a small one, or the whole budget is its random first generation.
 MIN_POPULATION, MAX_POPULATION = 4, 50
 
@@ -52,12 +58,12 @@ def next_params(spec: DistillationSearchSpec, records: list[TrialRecord],
         point = complete_point(spec, seed)
         if point_key(point) not in tried:
             return point, True
-    untried = [p for p in grid_points(spec.space) if point_key(p) not in tried]
-    if not untried:
-        return None
+    if len(tried) >= grid_size(spec.space):
+        return None  # every point tried (tried holds only points of the space)
+    untried = (p for p in iter_grid(spec.space) if point_key(p) not in tried)
     if resolve_algorithm(spec) == SearchAlgorithm.GRID:
-        return untried[0], False
-    return _optuna_point(spec, records, tried) or untried[0], False
+        return next(untried), False
+    return _optuna_point(spec, records, tried, untried), False
 
 
 def sampler_seed(seed: int, trials_so_far: int) -> int:
@@ -65,7 +71,8 @@ def sampler_seed(seed: int, trials_so_far: int) -> int:
     return (seed * 1_000_003 + trials_so_far * 7919) % (2**32)
 
 
-def _optuna_point(spec: DistillationSearchSpec, records: list[TrialRecord], tried: set) -> TrialParams | None:
+def _optuna_point(spec: DistillationSearchSpec, records: list[TrialRecord], tried: set,
+                  untried: Iterator[TrialParams]) -> TrialParams:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -75,6 +82,7 @@ def _optuna_point(spec: DistillationSearchSpec, records: list[TrialRecord], trie
     directions = ["maximize" if o == Objective.ACCURACY else "minimize" for o in spec.objectives]
     study = optuna.create_study(directions=directions, sampler=sampler)
     _replay(study, sampler, spec, records, dims, distributions, optuna)
+    point = None
     for _ in range(MAX_REPEATED_ASKS):
         trial = study.ask(distributions)
         point = complete_point(spec, _params_of(trial.params, dims))
@@ -82,7 +90,21 @@ def _optuna_point(spec: DistillationSearchSpec, records: list[TrialRecord], trie
             return point
         # A repeat teaches the sampler nothing new; mark it failed so the next ask moves on.
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    return None
+    # The sampler keeps proposing tried points (it has converged): the untried point nearest its
+    # last proposal follows its lead without repeating a trial.
+    return min(itertools.islice(untried, MAX_NEAREST_CANDIDATES), key=lambda p: _distance(p, point, dims))
+
+
+def _distance(a: TrialParams, b: TrialParams, dims: dict[str, list]) -> float:
+    """Per dimension: index distance over the range for numbers, 0 or 1 for categories."""
+    total = 0.0
+    for name, values in dims.items():
+        x, y = getattr(a, name), getattr(b, name)
+        if name in NUMERIC_DIMENSIONS:
+            total += abs(values.index(x) - values.index(y)) / max(1, len(values) - 1)
+        else:
+            total += float(x != y)
+    return total
 
 
 def _distributions(dims: dict[str, list]) -> dict:

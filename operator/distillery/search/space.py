@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -44,8 +45,29 @@ def camel(name: str) -> str:
     return to_camel(name)
 
 
+# A range with more values than this is a typo (no model has that many layers), not a space.
+MAX_RANGE_VALUES = 1024
+
+
+def range_count(value: IntRange | RatioRange) -> int:
+    """How many values a range holds, without listing them."""
+    if isinstance(value, IntRange):
+        return (value.max - value.min) // value.step + 1
+    return int((value.max - value.min) / value.step + 1e-9) + 1
+
+
+def range_problems(space: SearchSpace) -> list[str]:
+    return [f"space.{camel(name)}: {count} values from min to max by step; at most {MAX_RANGE_VALUES}"
+            for name in ("keep_layers", "keep_ratio")
+            if (value := getattr(space, name)) is not None and (count := range_count(value)) > MAX_RANGE_VALUES]
+
+
 def dimensions(space: SearchSpace) -> dict[str, list]:
-    """The dimensions the space sets, in grid order: snake field name -> its ordered values."""
+    """The dimensions the space sets, in grid order: snake field name -> its ordered values.
+    Raises ValueError naming the field for a range too long to list (see check_space)."""
+    problems = range_problems(space)
+    if problems:
+        raise ValueError(problems[0])
     dims: dict[str, list] = {}
     for name in DIMENSION_TARGETS:
         value = getattr(space, name)
@@ -55,13 +77,20 @@ def dimensions(space: SearchSpace) -> dict[str, list]:
     return dims
 
 
-def grid_points(space: SearchSpace) -> list[TrialParams]:
-    """Every point of the space in a fixed order (the last dimension varies fastest)."""
+def iter_grid(space: SearchSpace) -> Iterator[TrialParams]:
+    """Every point of the space in a fixed order (the last dimension varies fastest), lazily: a
+    large space is never listed whole."""
     dims = dimensions(space)
     if not dims:
-        return []
+        return
     names = list(dims)
-    return [TrialParams(**dict(zip(names, combo, strict=True))) for combo in itertools.product(*dims.values())]
+    for combo in itertools.product(*dims.values()):
+        yield TrialParams(**dict(zip(names, combo, strict=True)))
+
+
+def grid_points(space: SearchSpace) -> list[TrialParams]:
+    """The whole grid as a list (for small spaces; see iter_grid)."""
+    return list(iter_grid(space))
 
 
 def grid_size(space: SearchSpace) -> int:
@@ -152,6 +181,9 @@ def check_space(spec: DistillationSearchSpec, teacher_layers: int | None) -> lis
     """Everything wrong with the space for this template and teacher, one message per problem,
     each naming the field; empty when every point can become a valid trial."""
     space, template = spec.space, spec.template
+    too_long = range_problems(space)
+    if too_long:
+        return too_long
     dims = dimensions(space)
     if not dims:
         return ["space sets no dimension (set at least one of keepLayers, keepRatio, method, "

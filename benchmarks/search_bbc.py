@@ -51,7 +51,7 @@ REPLAY_SEEDS = range(10)
 
 
 def template(config: Config, teacher: Path, data: dict, out: Path) -> dict:
-    spec = job_document("t", "importance-kd", 3, config, teacher, data, out)["spec"]
+    spec = job_document("t", "importance-kd", 3, config, teacher, data, out, None, None)["spec"]
     spec["output"] = {"uri": str(out), "cacheUri": str(out / "cache")}
     return spec
 

@@ -8,6 +8,6 @@ VENV="${DISTILLERY_VENV:-.venv}"
 if [[ ! -x "$VENV/bin/python" ]]; then
     python3 -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install --quiet --prefer-binary --disable-pip-version-check -e '.[trainer,examples]'
+"$VENV/bin/python" -m pip install --quiet --prefer-binary --disable-pip-version-check -e '.[trainer,examples,search]'
 "$VENV/bin/python" examples/quickstart/prepare.py
 exec "$VENV/bin/distillery" run examples/quickstart/job.yaml "$@"

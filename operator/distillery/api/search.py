@@ -42,8 +42,8 @@ class IntRange(ApiModel):
     model_config = ApiModel.model_config | {
         "json_schema_extra": crd_extra(cel("self.min <= self.max", "min must not exceed max"))}
 
-    min: int = Field(ge=1)
-    max: int = Field(ge=1)
+    min: int = Field(ge=1, le=1024)
+    max: int = Field(ge=1, le=1024, description="no model has more layers; a larger value is a typo")
     step: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")

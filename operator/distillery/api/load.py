@@ -76,27 +76,34 @@ def load_job_text(text: str, where: str) -> DistillationJob:
         raise SpecError(f"{where}: nested too deeply") from None
 
 
-def load_job_file(path: str | Path) -> DistillationJob:
+def _one_document_of_kind(path: str | Path, kind: str, what: str) -> tuple[Path, dict]:
+    """The single `kind` document of a YAML file, read with the same limits and messages for every
+    kind (other kinds in the file are ignored)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise SpecError(f"job file not found: {path}")
+        raise SpecError(f"{what} file not found: {path}")
     try:
         raw = path.read_bytes()
     except OSError as err:
         raise SpecError(f"{path}: cannot read ({err.strerror or err})") from None
     if len(raw) > MAX_DOCUMENT_BYTES:
-        raise SpecError(f"{path}: larger than {MAX_DOCUMENT_BYTES} bytes; not a job file")
+        raise SpecError(f"{path}: larger than {MAX_DOCUMENT_BYTES} bytes; not a {what} file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise SpecError(f"{path}: line {line}: not valid UTF-8") from None
     docs = _parse_documents(text, str(path))
-    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "DistillationJob"]
-    if len(jobs) != 1:
-        raise SpecError(f"{path}: expected exactly one DistillationJob document, found {len(jobs)}")
+    found = [d for d in docs if isinstance(d, dict) and d.get("kind") == kind]
+    if len(found) != 1:
+        raise SpecError(f"{path}: expected exactly one {kind} document, found {len(found)}")
+    return path, found[0]
+
+
+def load_job_file(path: str | Path) -> DistillationJob:
+    path, doc = _one_document_of_kind(path, "DistillationJob", "job")
     try:
-        return load_job(jobs[0])
+        return load_job(doc)
     except RecursionError:
         raise SpecError(f"{path}: nested too deeply") from None
 
@@ -112,25 +119,8 @@ def load_search(document: dict[str, Any]) -> DistillationSearch:
 
 def load_search_file(path: str | Path) -> DistillationSearch:
     """The one DistillationSearch document of a YAML file (other kinds in the file are ignored)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise SpecError(f"search file not found: {path}")
+    path, doc = _one_document_of_kind(path, "DistillationSearch", "search")
     try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise SpecError(f"{path}: cannot read ({err.strerror or err})") from None
-    if len(raw) > MAX_DOCUMENT_BYTES:
-        raise SpecError(f"{path}: larger than {MAX_DOCUMENT_BYTES} bytes; not a search file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise SpecError(f"{path}: line {line}: not valid UTF-8") from None
-    docs = _parse_documents(text, str(path))
-    searches = [d for d in docs if isinstance(d, dict) and d.get("kind") == "DistillationSearch"]
-    if len(searches) != 1:
-        raise SpecError(f"{path}: expected exactly one DistillationSearch document, found {len(searches)}")
-    try:
-        return load_search(searches[0])
+        return load_search(doc)
     except RecursionError:
         raise SpecError(f"{path}: nested too deeply") from None

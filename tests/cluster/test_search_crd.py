@@ -10,6 +10,9 @@ from collections.abc import Callable
 import pytest
 
 from tests.cluster.conftest import Cluster
+from tests.cluster.test_crd_validation import (
+    apply,  # one way to apply a document, for every CRD test
+)
 
 MINIMAL_SEARCH = {
     "apiVersion": "distillery.io/v1alpha1", "kind": "DistillationSearch", "metadata": {"name": "s"},
@@ -18,10 +21,6 @@ MINIMAL_SEARCH = {
              "space": {"keepLayers": {"min": 2, "max": 4}, "int8": [False, True]},
              "budget": {"maxTrials": 4, "parallelTrials": 2}},
 }  # fmt: skip
-
-
-def apply(cluster: Cluster, namespace: str, doc: dict, check: bool = True):
-    return cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(doc), check=check)
 
 
 def search_with(change: Callable[[dict], None]) -> dict:

@@ -40,6 +40,14 @@ def crd_extra(*rules: dict[str, str], **more: Any) -> dict[str, Any]:
     return extra
 
 
+def check_type_meta(api_version: str, kind: str, expected_kind: str) -> None:
+    """A top-level object's apiVersion and kind, as the API server would insist on them."""
+    if api_version != API_VERSION:
+        raise ValueError(f"apiVersion must be {API_VERSION}, got {api_version!r}")
+    if kind != expected_kind:
+        raise ValueError(f"kind must be {expected_kind}, got {kind!r}")
+
+
 class Condition(ApiModel):
     """A Kubernetes-style condition (the shape ``kubectl wait --for=condition=`` reads)."""
 

@@ -14,6 +14,7 @@ from distillery.api.base import (
     ApiModel,
     Condition,
     cel,
+    check_type_meta,
     crd_extra,
 )
 
@@ -561,8 +562,5 @@ class DistillationJob(ApiModel):
 
     @model_validator(mode="after")
     def _kind(self) -> DistillationJob:
-        if self.api_version != API_VERSION:
-            raise ValueError(f"apiVersion must be {API_VERSION}, got {self.api_version!r}")
-        if self.kind != "DistillationJob":
-            raise ValueError(f"kind must be DistillationJob, got {self.kind!r}")
+        check_type_meta(self.api_version, self.kind, "DistillationJob")
         return self

@@ -38,14 +38,19 @@ def describe_validation_error(err: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def load_job(document: dict[str, Any]) -> DistillationJob:
+def _validated(model, document: Any, what: str):
+    """`document` as a `model` (DistillationJob, DistillationSearch), or a SpecError naming the fields."""
+    kind = model.__name__
     if not isinstance(document, dict):
-        raise SpecError("the job document must be a YAML mapping (a DistillationJob)")
+        raise SpecError(f"the {what} document must be a YAML mapping (a {kind})")
     try:
-        return DistillationJob.model_validate(document)
+        return model.model_validate(document)
     except ValidationError as err:
-        raise SpecError(f"invalid DistillationJob: {describe_validation_error(err)}") from None
+        raise SpecError(f"invalid {kind}: {describe_validation_error(err)}") from None
 
+
+def load_job(document: dict[str, Any]) -> DistillationJob:
+    return _validated(DistillationJob, document, "job")
 
 # A job document is a few KiB; a file far larger is not one (and would only cost memory to parse).
 MAX_DOCUMENT_BYTES = 1 << 20
@@ -109,12 +114,7 @@ def load_job_file(path: str | Path) -> DistillationJob:
 
 
 def load_search(document: dict[str, Any]) -> DistillationSearch:
-    if not isinstance(document, dict):
-        raise SpecError("the search document must be a YAML mapping (a DistillationSearch)")
-    try:
-        return DistillationSearch.model_validate(document)
-    except ValidationError as err:
-        raise SpecError(f"invalid DistillationSearch: {describe_validation_error(err)}") from None
+    return _validated(DistillationSearch, document, "search")
 
 
 def load_search_file(path: str | Path) -> DistillationSearch:

@@ -10,7 +10,7 @@ from enum import StrEnum
 
 from pydantic import Field, field_validator, model_validator
 
-from distillery.api.base import API_VERSION, ApiModel, Condition, cel, crd_extra
+from distillery.api.base import API_VERSION, ApiModel, Condition, cel, check_type_meta, crd_extra
 from distillery.api.job import (
     DistillationJobSpec,
     ExtractionMethod,
@@ -36,41 +36,36 @@ class SearchAlgorithm(StrEnum):
     TPE = "tpe"  # Optuna's multi-objective TPESampler
 
 
-class IntRange(ApiModel):
-    """Integers min, min+step, ... up to max (inclusive)."""
+class _OrderedRange(ApiModel):
+    """min..max by step, refused (at apply time too) when min exceeds max."""
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": crd_extra(cel("self.min <= self.max", "min must not exceed max"))}
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class IntRange(_OrderedRange):
+    """Integers min, min+step, ... up to max (inclusive)."""
 
     min: int = Field(ge=1, le=1024)
     max: int = Field(ge=1, le=1024, description="no model has more layers; a larger value is a typo")
     step: int = Field(default=1, ge=1)
 
-    @model_validator(mode="after")
-    def _ordered(self) -> IntRange:
-        if self.min > self.max:
-            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
-        return self
-
     def values(self) -> list[int]:
         return list(range(self.min, self.max + 1, self.step))
 
 
-class RatioRange(ApiModel):
+class RatioRange(_OrderedRange):
     """Ratios min, min+step, ... up to max (inclusive, to 1e-9), each in (0, 1]."""
-
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": crd_extra(cel("self.min <= self.max", "min must not exceed max"))}
 
     min: float = Field(gt=0, le=1)
     max: float = Field(gt=0, le=1)
     step: float = Field(gt=0, le=1)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> RatioRange:
-        if self.min > self.max:
-            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
-        return self
 
     def values(self) -> list[float]:
         count = int((self.max - self.min) / self.step + 1e-9) + 1
@@ -242,8 +237,5 @@ class DistillationSearch(ApiModel):
 
     @model_validator(mode="after")
     def _kind(self) -> DistillationSearch:
-        if self.api_version != API_VERSION:
-            raise ValueError(f"apiVersion must be {API_VERSION}, got {self.api_version!r}")
-        if self.kind != "DistillationSearch":
-            raise ValueError(f"kind must be DistillationSearch, got {self.kind!r}")
+        check_type_meta(self.api_version, self.kind, "DistillationSearch")
         return self

@@ -110,6 +110,7 @@ main() {
         tool_spec "$tool"
         record_env "${SPEC[5]}" "$BIN"
     done
+    go_caches_remove
     log "done in $(($(date +%s) - total_start))s; tool paths in $ENV_FILE:"
     cat "$ENV_FILE" >&2
 }

@@ -68,6 +68,7 @@ setup_minio() {
 
 main() {
     setup_minio
+    go_caches_remove
     log "done; tool paths in $ENV_FILE:"
     cat "$ENV_FILE" >&2
 }

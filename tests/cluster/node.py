@@ -100,14 +100,16 @@ def missing_prerequisites() -> list[str]:
     return missing
 
 
-def import_with_script(socket: Path, log_path: Path) -> None:
+def import_with_script(socket: Path, containerd_root: Path, log_path: Path) -> None:
     """Imports the images of images.env into our containerd (the other half of build-images.sh)."""
     script = REPO_ROOT / "scripts" / "import-images.sh"
     if not script.is_file():
         raise NodeError(f"cannot import images: {script} is missing")
+    # The script checks the free space where this containerd keeps its images.
+    env = {**os.environ, "CONTAINERD_ROOT": str(containerd_root)}
     with log_path.open("ab") as log:
         result = subprocess.run(["bash", str(script), str(socket), str(images_env_path())], stdout=log,
-                                stderr=subprocess.STDOUT, timeout=900)
+                                stderr=subprocess.STDOUT, timeout=900, env=env)
     if result.returncode != 0:
         raise NodeError(f"{script} {socket} exited with {result.returncode}; log tail:\n{tail(log_path)}")
 
@@ -122,7 +124,7 @@ class RealCluster:
 
     def __init__(self, work_dir: Path | str, binaries: dict[str, Path] | None = None,
                  paths: node_host.NodePaths | None = None,
-                 import_images: Callable[[Path, Path], None] = import_with_script):
+                 import_images: Callable[[Path, Path, Path], None] = import_with_script):
         if binaries is None:
             binaries, missing = find_binaries(NODE_BINARY_VARS)
             if missing:
@@ -176,8 +178,8 @@ class RealCluster:
             self._phase("control-plane", self._start_control_plane)
             self._phase("containerd", self._start_containerd)
             self.logs["import-images"] = self.work_dir / "import-images.log"
-            self._phase("import-images", lambda: self.import_images(self.paths.containerd_socket,
-                                                                    self.logs["import-images"]))
+            self._phase("import-images", lambda: self.import_images(
+                self.paths.containerd_socket, self.paths.containerd_root, self.logs["import-images"]))
             self._phase("prune-images", self._prune_stale_images)
             self._phase("kube-scheduler", self._start_scheduler)
             self._phase("kubelet", self._start_kubelet)

@@ -11,7 +11,9 @@ One cluster, one install, tests in order (each builds on the state the previous 
    containers under the "restricted" Pod Security profile and reach MinIO by its Service name.
 3. The operator pod is deleted mid-training (its replacement carries on: one trainer Job, result
    kept), and a trainer pod is deleted mid-training (the retried pod resumes from its checkpoint).
-4. `helm upgrade` with a changed value rolls the operator; `helm uninstall` leaves the CRDs and the
+4. A DistillationSearch of two digits students: both trials run as trainer pods at once and the
+   best becomes the search's StudentModel.
+5. `helm upgrade` with a changed value rolls the operator; `helm uninstall` leaves the CRDs and the
    StudentModels.
 
 The cluster: by default the real single-node cluster the tests start (``real_cluster`` in
@@ -467,6 +469,44 @@ def test_restarts_mid_training_lose_nothing(stack: Stack, first_wave):
     assert retried["metadata"]["uid"] != trainer_pod["metadata"]["uid"]
     log = c.kubectl("logs", "-n", JOBS_NS, retried["metadata"]["name"]).stdout
     assert f"resuming from step {training['resumedFromStep']}" in log, log[-3000:]
+
+
+def test_search_runs_its_trials_as_trainer_pods_and_registers_the_best(stack: Stack):
+    """A DistillationSearch over two digits students: the operator in its pod creates both trials
+    at once, each runs as a trainer pod, and the best (by latency) becomes the search's student."""
+    c = stack.cluster
+    template = digits_job("search-template")["spec"]
+    template["output"] = {"uri": f"s3://{BUCKET}/searches/digits"}
+    search = {
+        "apiVersion": "distillery.io/v1alpha1", "kind": "DistillationSearch",
+        "metadata": {"name": "digits-search", "namespace": JOBS_NS},
+        "spec": {"template": template, "space": {"keepLayers": {"min": 1, "max": 2}},
+                 "optimizeFor": "latency", "budget": {"maxTrials": 2, "parallelTrials": 2}},
+    }
+    c.apply(search)
+
+    def final():
+        status = c.get("distillationsearch", "digits-search", "-n", JOBS_NS).get("status") or {}
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    status = wait_for(final, JOB_TIMEOUT, "the search to finish",
+                      lambda: stack.explain("digits-search-t000", "digits-search-t001"), 2)
+    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)[:3000]
+    assert status["algorithm"] == "grid" and status["trialsSucceeded"] == 2
+    rows = {row["name"]: row for row in status["trials"]}
+    assert set(rows) == {"digits-search-t000", "digits-search-t001"}
+    for name in rows:
+        own = stack.status(name)
+        assert own["phase"] == "Succeeded" and len(stack.trainer_pods(name)) == 1
+        assert rows[name]["latencyMs"] == own["student"]["latencyP50Ms"]
+        assert own["artifacts"]["result"].startswith(f"s3://{BUCKET}/searches/digits/trials/{name}/")
+        assert stack.result(name)["job"] == name  # the trial's own result.json, in the bucket
+    accepted = [n for n in sorted(rows) if rows[n]["accepted"]]
+    assert status["bestTrial"] == min(accepted, key=lambda n: (rows[n]["latencyMs"], -rows[n]["accuracy"]))
+    best = stack.status(status["bestTrial"])
+    assert status["studentModel"] == best["studentModel"]
+    student = c.get("studentmodel", status["studentModel"], "-n", JOBS_NS)
+    assert student["spec"]["recipe"]["keepLayers"] == rows[status["bestTrial"]]["params"]["keepLayers"]
 
 
 def test_helm_upgrade_rolls_the_operator(stack: Stack):

@@ -19,6 +19,7 @@ class Measured:
     size_bytes: int
     parameters: int
     perplexity: float | None = None  # causal-lm only
+    memory_bytes: int | None = None  # None when not measured
 
 
 def measured(metrics: ModelMetrics) -> Measured | None:
@@ -26,7 +27,8 @@ def measured(metrics: ModelMetrics) -> Measured | None:
     if metrics.accuracy is None or metrics.latency_p50_ms is None:
         return None
     return Measured(accuracy=metrics.accuracy, latency_ms=metrics.latency_p50_ms, size_bytes=metrics.size_bytes or 0,
-                    parameters=metrics.parameters or 0, perplexity=metrics.perplexity)
+                    parameters=metrics.parameters or 0, perplexity=metrics.perplexity,
+                    memory_bytes=metrics.memory_bytes)
 
 
 def perplexity_increase(teacher: Measured, student: Measured) -> float | None:
@@ -143,6 +145,15 @@ def decide(
             f"size {student.size_bytes} bytes <= {targets.max_size_bytes}",
             f"size {student.size_bytes} bytes exceeds maxSizeBytes {targets.max_size_bytes}",
         )
+    if targets.max_memory_bytes is not None:
+        if student.memory_bytes is None:
+            misses.append("memory was not measured, so maxMemoryBytes cannot be checked")
+        else:
+            check(
+                student.memory_bytes <= targets.max_memory_bytes,
+                f"memory {student.memory_bytes} bytes <= {targets.max_memory_bytes}",
+                f"memory {student.memory_bytes} bytes exceeds maxMemoryBytes {targets.max_memory_bytes}",
+            )
     if targets.must_improve_frontier and dominated_by:
         misses.append("dominated on the frontier by " + ", ".join(sorted(dominated_by)))
     if misses:

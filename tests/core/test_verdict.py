@@ -6,7 +6,7 @@ from distillery.api.job import AccuracyDropType, Targets
 from distillery.verdict import Measured, accuracy_drop, decide, score
 
 TEACHER = Measured(accuracy=0.90, latency_ms=100.0, size_bytes=1000, parameters=1000)
-STUDENT = Measured(accuracy=0.88, latency_ms=40.0, size_bytes=400, parameters=500)
+STUDENT = Measured(accuracy=0.88, latency_ms=40.0, size_bytes=400, parameters=500, memory_bytes=300)
 
 
 def test_scores_follow_the_product_brief():
@@ -38,6 +38,8 @@ TRUTH_TABLE = [
     ({"min_speedup": 3.0}, False),
     ({"max_size_bytes": 400}, True),
     ({"max_size_bytes": 399}, False),
+    ({"max_memory_bytes": 300}, True),
+    ({"max_memory_bytes": 299}, False),
     ({"must_improve_frontier": True}, True),
 ]
 
@@ -83,3 +85,10 @@ def test_a_perplexity_target_without_measured_perplexity_rejects_with_a_reason()
 def test_decode_speedup_is_the_latency_ratio_for_a_causal_lm():
     scores, verdict = decide(Targets(min_speedup=1.6), LM_TEACHER, LM_STUDENT)
     assert scores.speedup == pytest.approx(1.6) and verdict.accepted
+
+
+def test_a_memory_target_on_an_unmeasured_model_is_a_miss_not_a_pass():
+    unmeasured = Measured(accuracy=0.88, latency_ms=40.0, size_bytes=400, parameters=500)
+    _, verdict = decide(Targets(max_memory_bytes=10**12), TEACHER, unmeasured)
+    assert not verdict.accepted
+    assert verdict.reasons == ["memory was not measured, so maxMemoryBytes cannot be checked"]

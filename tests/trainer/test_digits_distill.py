@@ -44,6 +44,7 @@ def test_everything_in_the_result_is_measured(distilled):
     for model in (trained.teacher, trained.metrics_of("fp32"), trained.metrics_of("int8")):
         assert 0 < model.latency_p50_ms <= model.latency_p95_ms
         assert model.size_bytes > 0 and model.parameters > 0
+        assert model.memory_bytes > 0  # the onnxruntime session's own peak, from a fresh process
     assert trained.student.parameters < trained.teacher.parameters
     assert trained.compression_ratio == pytest.approx(trained.teacher.parameters / trained.student.parameters, rel=1e-3)
     assert trained.pareto_score == pytest.approx(trained.speedup * trained.accuracy_retention, rel=1e-3)
@@ -152,3 +153,4 @@ def test_every_variant_is_measured_judged_and_the_preferred_one_is_the_student(d
     assert len(untrained.variants) == 1 and untrained.variant == "fp32"
     card = (out / "README.md").read_text()
     assert "student fp32" in card and "student int8" in card
+    assert "memory (ort session)" in card

@@ -43,6 +43,8 @@ class CheckpointState:
     finished: bool = False
     history: list[dict] = field(default_factory=list)
     inputs: dict | None = None  # digests of the teacher and data trained on (see InputDigests)
+    vocabulary: list[int] | None = None  # student.vocabulary: the kept token ids of the teacher's, sorted
+    width: dict | None = None  # student.width: {"plan": kept heads/neurons per layer, "report": WidthReport}
 
     @classmethod
     def parse(cls, raw) -> CheckpointState:
@@ -62,6 +64,12 @@ class CheckpointState:
         if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
                    for v in state.layer_scores):
             raise CorruptCheckpoint("its layer scores are not finite numbers")
+        if state.vocabulary is not None and not (
+                _is_int_list(state.vocabulary) and state.vocabulary
+                and state.vocabulary == sorted(set(state.vocabulary)) and state.vocabulary[0] >= 0):
+            raise CorruptCheckpoint("its vocabulary is not a list of increasing token ids")
+        if state.width is not None and not isinstance(state.width, dict):
+            raise CorruptCheckpoint("its width structure is not an object")
         return state
 
 

@@ -6,12 +6,14 @@ A bad teacher, tokenizer or data file fails here, in seconds, with a message nam
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from distillery.api.job import DatasetFormat, DistillationJob, ExtractionMethod, Task, TeacherFormat
 from distillery.store import StoreError, materialize
-from distillery_trainer.data import LabelMap, Split, read_split
+from distillery_trainer.data import LabelMap, Split, read_jsonl, read_npz, read_split
 from distillery_trainer.encode import Encoded, encode_features, encode_text
 from distillery_trainer.errors import InputError
 from distillery_trainer.teacher import TEXT_TASKS
@@ -31,6 +33,10 @@ class Inputs:
     labels: LabelMap | None
     tokenizer: object | None
     base_path: Path | None  # student.base, when the teacher has no layers to give
+    ensemble: list[Path] = field(default_factory=list)  # ensemble.teachers, in order
+    previous_train: Split | None = None  # incremental: the data student.base learned
+    previous_eval: Split | None = None
+    replayed_rows: int = 0  # old train rows added to `train` (incremental.replayShare)
 
 
 def fetch(uri: str, field: str, cache: Path, job: DistillationJob) -> Path:
@@ -121,19 +127,19 @@ def load_onnx_graph(path: Path, field: str):
         raise InputError(f"{field}: {file} is not an ONNX model") from None
 
 
-def teacher_class_count(path: Path, fmt: TeacherFormat) -> int | None:
+def teacher_class_count(path: Path, fmt: TeacherFormat, field: str = "teacher.uri") -> int | None:
     """How many classes the teacher predicts, read from its config or ONNX output shape."""
     if fmt == TeacherFormat.ONNX:
-        outputs = load_onnx_graph(path, "teacher.uri").output
+        outputs = load_onnx_graph(path, field).output
         if not outputs:
-            raise InputError("teacher.uri: the ONNX model has no outputs")
+            raise InputError(f"{field}: the ONNX model has no outputs")
         dims = outputs[0].type.tensor_type.shape.dim
         return dims[-1].dim_value or None if dims else None
-    config = read_config(path, "teacher.uri")
+    config = read_config(path, field)
     count = config.get("num_classes") or (len(config["id2label"]) if isinstance(config.get("id2label"), dict)
                                           and config["id2label"] else None)
     if count is not None and not (isinstance(count, int) and count > 0):
-        raise InputError("teacher.uri: config.json num_classes must be a positive integer")
+        raise InputError(f"{field}: config.json num_classes must be a positive integer")
     return count
 
 
@@ -177,6 +183,9 @@ def load_inputs(job: DistillationJob, work: Path) -> Inputs:
                        ds.max_train_rows, needs_labels(task))
     evals = read_split(fetch(ds.eval_uri, "dataset.evalUri", work / "eval", job), ds, "eval",
                        ds.max_eval_rows, needs_labels(task))
+    previous = read_previous(job, work)
+    # The old splits' classes count too: a class only the old data has is still the teacher's.
+    previous_labels = [] if previous is None else previous[0].raw_labels + previous[1].raw_labels
 
     labels = None
     if task == Task.CAUSAL_LM:
@@ -190,10 +199,16 @@ def load_inputs(job: DistillationJob, work: Path) -> Inputs:
         names = spec.teacher.labels or teacher_label_names(teacher_path, fmt)
         if names is None and base_path is not None:  # ONNX teacher: its classes are student.base's
             names = teacher_label_names(base_path, spec.student.base.format, "student.base.uri")
-        labels = LabelMap.infer(train.raw_labels, names, count)
+        labels = LabelMap.infer(train.raw_labels + previous_labels, names, count)
         train.labels = labels.encode(train.raw_labels, f"dataset.trainUri {ds.train_uri}", ds.label_field)
         if evals.raw_labels is not None:
             evals.labels = labels.encode(evals.raw_labels, f"dataset.evalUri {ds.eval_uri}", ds.label_field)
+        if previous is not None:
+            inc = spec.incremental
+            previous[0].labels = labels.encode(previous[0].raw_labels, f"incremental.previousTrainUri "
+                                               f"{inc.previous_train_uri}", ds.label_field)
+            previous[1].labels = labels.encode(previous[1].raw_labels, f"incremental.previousEvalUri "
+                                               f"{inc.previous_eval_uri}", ds.label_field)
 
     tokenizer = None
     if task in TEXT_TASKS:
@@ -205,7 +220,80 @@ def load_inputs(job: DistillationJob, work: Path) -> Inputs:
             tokenizer = load_tokenizer(tok_path, "teacher.tokenizerUri")
         else:
             tokenizer = load_tokenizer(teacher_path, "teacher.uri")
-    return Inputs(teacher_path, train, evals, labels, tokenizer, base_path)
+    ensemble = load_ensemble(job, work, labels, tokenizer)
+    replayed = 0
+    if previous is not None and spec.incremental.replay_share > 0:
+        train, replayed = with_replay(train, previous[0], spec.incremental.replay_share, spec.distillation.seed)
+    return Inputs(teacher_path, train, evals, labels, tokenizer, base_path, ensemble,
+                  previous_train=previous[0] if previous else None, previous_eval=previous[1] if previous else None,
+                  replayed_rows=replayed)
+
+
+def read_previous(job: DistillationJob, work: Path) -> tuple[Split, Split] | None:
+    """incremental's old train and eval splits, read like the new ones (labels required)."""
+    inc, ds = job.spec.incremental, job.spec.dataset
+    if inc is None:
+        return None
+    splits = []
+    for name, uri, field_name in (("previousTrain", inc.previous_train_uri, "incremental.previousTrainUri"),
+                                  ("previousEval", inc.previous_eval_uri, "incremental.previousEvalUri")):
+        path = fetch(uri, field_name, work / name, job)
+        if not path.is_file():
+            raise InputError(f"{field_name}: file not found: {path}")
+        splits.append((read_jsonl if ds.format == DatasetFormat.JSONL else read_npz)(path, ds, name, None, True))
+    return splits[0], splits[1]
+
+
+def with_replay(train: Split, old: Split, share: float, seed: int) -> tuple[Split, int]:
+    """The new train split plus round(share * its rows) old rows, drawn without replacement
+    (seeded; all of them when the share asks for more than there are)."""
+    count = min(len(old), round(share * len(train)))
+    pick = sorted(np.random.default_rng(seed).choice(len(old), size=count, replace=False).tolist())
+    joined = Split(name=train.name, labels=np.concatenate([train.labels, old.labels[pick]]),
+                   raw_labels=train.raw_labels + [old.raw_labels[i] for i in pick])
+    if train.texts is not None:
+        joined.texts = train.texts + [old.texts[i] for i in pick]
+    else:
+        joined.features = np.concatenate([train.features, old.features[pick]])
+    return joined, count
+
+
+def load_ensemble(job: DistillationJob, work: Path, labels: LabelMap | None, tokenizer) -> list[Path]:
+    """Fetch ensemble.teachers and check that each fits the teacher: the same classes in the same
+    order and, for text, the same tokenizer (every teacher reads the token ids encoded once)."""
+    spec = job.spec
+    if spec.ensemble is None:
+        return []
+    paths = []
+    for i, member in enumerate(spec.ensemble.teachers):
+        field = f"ensemble.teachers[{i}].uri"
+        path = fetch(member.uri, field, work / f"ensemble-{i}", job)
+        if member.format == TeacherFormat.HUGGINGFACE:
+            check_member_head(path, job, field)
+        if labels is not None:
+            count = teacher_class_count(path, member.format, field)
+            if count is not None and count != len(labels):
+                raise InputError(f"{field}: it predicts {count} classes; the teacher's data has {len(labels)}")
+            names = teacher_label_names(path, member.format, field)
+            if names is not None and names != labels.names:
+                raise InputError(f"{field}: its classes ({', '.join(names[:5])}...) are not the teacher's, "
+                                 "in the same order; an ensemble needs one label space")
+        reads_other_ids = tokenizer is not None and member.format == TeacherFormat.HUGGINGFACE \
+            and load_tokenizer(path, field).get_vocab() != tokenizer.get_vocab()
+        if reads_other_ids:
+            raise InputError(f"{field}: its tokenizer is not the teacher's; every teacher of an ensemble "
+                             "reads the same token ids")
+        paths.append(path)
+    return paths
+
+
+def check_member_head(path: Path, job: DistillationJob, field: str) -> None:
+    """A Hugging Face ensemble member must be a classifier for classification (as the teacher)."""
+    config = read_config(path, field)
+    archs = config.get("architectures") or []
+    if job.spec.teacher.task == Task.SEQUENCE_CLASSIFICATION and isinstance(archs, list) and archs \
+            and not any("ForSequenceClassification" in str(a) for a in archs):
+        raise InputError(f"{field}: {path} is a model without a classification head (config.json architectures)")
 
 
 def encode(split: Split, inputs: Inputs, job: DistillationJob) -> Encoded:

@@ -113,18 +113,34 @@ def session(path: Path, hardware: Hardware, threads: int | None):
 
 def feed_for(sess, example: tuple) -> dict[str, np.ndarray]:
     """Feed the benchmark batch to a model by its own input names (token_type_ids as zeros)."""
+    return feed_for_inputs([(inp.name, "int64" in inp.type) for inp in sess.get_inputs()], example)
+
+
+def feed_for_file(path: Path, example: tuple) -> dict[str, np.ndarray]:
+    """feed_for, with the input names read from the ONNX file (no session needed)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = [(i.name, i.type.tensor_type.elem_type == onnx.TensorProto.INT64)
+              for i in graph.input if i.name not in initializers]
+    return feed_for_inputs(inputs, example)
+
+
+def feed_for_inputs(inputs: list[tuple[str, bool]], example: tuple) -> dict[str, np.ndarray]:
+    """The benchmark batch for inputs given as (name, is int64) pairs."""
     feed = {}
     by_name = {"input_ids": example[0], "attention_mask": example[-1], "features": example[0]}
-    for inp in sess.get_inputs():
-        if inp.name in by_name:
-            value = by_name[inp.name].numpy()
-        elif inp.name == "token_type_ids":
+    for name, is_int64 in inputs:
+        if name in by_name:
+            value = by_name[name].numpy()
+        elif name == "token_type_ids":
             value = np.zeros_like(example[0].numpy())
-        elif len(sess.get_inputs()) == 1:
+        elif len(inputs) == 1:
             value = example[0].numpy()
         else:
-            raise InputError(f"cannot feed ONNX input {inp.name!r} for the latency benchmark")
-        feed[inp.name] = value.astype(np.int64) if "int64" in inp.type else value.astype(np.float32)
+            raise InputError(f"cannot feed ONNX input {name!r} for the latency benchmark")
+        feed[name] = value.astype(np.int64) if is_int64 else value.astype(np.float32)
     return feed
 
 

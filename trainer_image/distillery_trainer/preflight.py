@@ -28,7 +28,7 @@ from distillery.api.job import (
     Task,
     TeacherFormat,
 )
-from distillery_trainer import extraction
+from distillery_trainer import extraction, vocabulary, width
 from distillery_trainer.builtin import BuiltinConfig, read_builtin_config
 from distillery_trainer.errors import InputError
 from distillery_trainer.loading import Inputs, load_onnx_graph, read_config
@@ -72,11 +72,16 @@ def check_spec(job: DistillationJob) -> None:
             raise InputError(f"student.architecture.hiddenSize: at most {MAX_ARCH_HIDDEN}")
         if arch.num_blocks > MAX_ARCH_BLOCKS:
             raise InputError(f"student.architecture.numBlocks: at most {MAX_ARCH_BLOCKS}")
+    if spec.incremental is not None and spec.teacher.task in (Task.CAUSAL_LM, Task.SENTENCE_EMBEDDING):
+        raise InputError(f"incremental: for classification tasks only, not {spec.teacher.task.value} "
+                         "(forgetting is measured, and the EWC Fisher estimated, on labelled old rows)")
     if spec.teacher.task == Task.CAUSAL_LM:
         check_causal_lm_spec(job)
     if spec.teacher.format == TeacherFormat.ONNX and spec.student.base is None and arch is None:
         raise InputError("student.base: an ONNX teacher has no layers to extract; give student.base "
                          "or student.architecture")
+    width.check_spec(job)  # BERT-family Hugging Face students only
+    vocabulary.check_spec(job)
 
 
 def check_causal_lm_spec(job: DistillationJob) -> None:
@@ -88,6 +93,12 @@ def check_causal_lm_spec(job: DistillationJob) -> None:
     if spec.distillation.hidden_loss.type != HiddenLossType.NONE:
         raise InputError("distillation.hiddenLoss: not used for causal-lm (the student learns the teacher's "
                          "next-token distributions)")
+    if spec.ensemble is not None:
+        raise InputError("ensemble: not supported for causal-lm yet (the teachers' top-k next-token caches "
+                         "would need merging); use one teacher")
+    if spec.targets.max_memory_bytes is not None:
+        raise InputError("targets.maxMemoryBytes: runtime memory is not measured for causal-lm yet "
+                         "(decode runs in torch, not onnxruntime)")
     student = spec.student
     protect = student.keep_first_and_last is not False
     scoring = student.method == ExtractionMethod.IMPORTANCE
@@ -273,6 +284,7 @@ def check_inputs(job: DistillationJob, inputs: Inputs) -> None:
     if spec.student.base is not None and inputs.base_path is not None:
         base = model_facts(inputs.base_path, spec.student.base.format, "student.base.uri")
     check_depth(job, base if spec.student.base is not None else teacher)
+    width.check_source(job, inputs)  # the architecture and its head / neuron counts
     for facts in (teacher, base):
         if facts is not None:
             check_positions(job, facts)
@@ -287,3 +299,4 @@ def check_inputs(job: DistillationJob, inputs: Inputs) -> None:
         check_onnx_shapes(job, teacher, rows)
     if spec.teacher.task == Task.SENTENCE_EMBEDDING and spec.teacher.format == TeacherFormat.TORCH:
         raise InputError("teacher.format: torch (built-in mlp/cnn) does not support sentence-embedding")
+    vocabulary.check_tokenizer(job, inputs.tokenizer)

@@ -44,6 +44,7 @@ def table(result: TrainerResult) -> str:
         ("parameters", [f"{m.parameters:,}" if m.parameters else "-" for _, m in cols]),
         ("size (safetensors; int8: onnx)" if decode and len(cols) > 2 else "size (safetensors)" if decode
          else "size (onnx)", [_size(m.size_bytes) for _, m in cols]),
+        ("memory (ort session)", [_size(m.memory_bytes) for _, m in cols]),
         ("layers", [str(m.num_layers) if m.num_layers else "-" for _, m in cols]),
     ]
     rows = [r for r in rows if any(v != "-" for v in r[1])]
@@ -60,7 +61,25 @@ def table(result: TrainerResult) -> str:
             lines.append(f"  {v.name}: {scores}{'meets every target' if v.accepted else 'rejected'}"
                          + ("" if v.accepted else f" ({'; '.join(v.reasons)})"))
         lines.append("")
+    if result.incremental is not None:
+        inc = result.incremental
+        remedies = [f"{inc.replayed_rows} old rows replayed"] if inc.replayed_rows else []
+        remedies += [f"EWC lambda {inc.ewc_lambda:g} (Fisher on {inc.fisher_rows} old rows)"] if inc.ewc_lambda else []
+        lines.append(f"continued from     {inc.parent}" + (f" ({', '.join(remedies)})" if remedies else ""))
+        lines.append(f"old eval accuracy  {inc.previous_accuracy_before:.4f} before, {inc.previous_accuracy_after:.4f} "
+                     f"after (forgetting {inc.forgetting:+.4f})")
+        lines.append("")
+    if result.ensemble is not None:
+        lines.append(f"ensemble ({result.ensemble.metric_name or 'accuracy'} on eval; the student learned from "
+                     "the mixture, and is measured against the first)")
+        lines.extend(f"  {m.accuracy:.4f}  weight {m.weight:.3f}  {m.uri}" for m in result.ensemble.members)
+        lines.append(f"  {result.ensemble.accuracy:.4f}  the mixture")
+        lines.append("")
     lines.append(f"layers kept        {result.layers_kept} of {result.teacher_layers or '?'}")
+    if result.width is not None:
+        lines.append(f"width              {result.width.summary()}")
+    if result.vocabulary is not None:
+        lines.append(f"vocabulary         {vocabulary_summary(result.vocabulary)}")
     how = "decode at batch 1, torch" if decode else "onnxruntime"
     lines.append(f"speedup            {result.speedup:.2f}x  ({result.hardware.value}, {how})")
     lines.append(f"accuracy retention {result.accuracy_retention:.4f}")
@@ -90,7 +109,18 @@ def metrics_document(result: TrainerResult) -> dict:
     }
     if result.training is not None:
         doc["training"] = result.training.to_wire()
+    if result.vocabulary is not None:
+        doc["vocabulary"] = result.vocabulary.to_wire()
+    if result.width is not None:
+        doc["width"] = result.width.to_wire()
     return doc
+
+
+def vocabulary_summary(v) -> str:
+    """One line on vocabulary pruning: tokens kept, embedding share removed, eval tokens lost."""
+    return (f"kept {v.kept_tokens:,} of {v.original_tokens:,} tokens ({v.embedding_share_removed:.1%} of the word "
+            f"embeddings removed); {v.eval_tokens_unknown:,} of {v.eval_tokens:,} eval tokens became [UNK] "
+            f"({v.eval_unknown_share:.2%})")
 
 
 def _variant_file(result: TrainerResult) -> str:
@@ -111,6 +141,18 @@ def measured_how(result: TrainerResult, spec) -> str:
     return f"eval split; latency with onnxruntime on {result.hardware.value}, batch {bench.batch_size}{sequence}"
 
 
+def _vocabulary_card(result: TrainerResult, spec) -> str:
+    """The model card's vocabulary-pruning bullet ("" without pruning)."""
+    v, asked = result.vocabulary, spec.student.vocabulary
+    if v is None or asked is None:
+        return ""
+    floor = f", the {asked.keep_tokens:,} lowest ids" if asked.keep_tokens else ""
+    return (f"\n- Vocabulary pruning: kept the tokens the train split uses at least {asked.min_count} time(s)"
+            f"{floor} and the special tokens: {vocabulary_summary(v)}. The tokenizer in `model/` splits text as "
+            "the teacher's does; removed tokens map to [UNK]. Copy its tokenizer.json rather than re-saving the "
+            "tokenizer: `save_pretrained` keeps one string per id and loses the removed ones.")
+
+
 def model_card(result: TrainerResult, job) -> str:
     spec = job.spec
     d = spec.distillation
@@ -124,10 +166,10 @@ Distilled by Distillery from `{result.teacher_uri}` ({spec.teacher.format.value}
 - Layer extraction: method `{spec.student.method.value}`, kept layers {result.layers_kept} of
   {result.teacher_layers or "the source model's"} layers.
 - Layer scores ({spec.student.importance_metric.value if spec.student.method.value == "importance" else spec.student.method.value}): {result.layer_scores or "n/a"}
-- Knowledge distillation: temperature {d.temperature:g}, alpha {d.alpha:g}, {d.epochs} epochs,
+{result.width.card_text() + chr(10) if result.width is not None else ""}- Knowledge distillation: temperature {d.temperature:g}, alpha {d.alpha:g}, {d.epochs} epochs,
   learning rate {d.learning_rate:g}, batch size {d.batch_size}, seed {d.seed}, hidden loss
   `{d.hidden_loss.type.value}`.
-- Data: train `{spec.dataset.train_uri}`, eval `{spec.dataset.eval_uri}`.
+- Data: train `{spec.dataset.train_uri}`, eval `{spec.dataset.eval_uri}`.{_vocabulary_card(result, spec)}
 
 ## Measured ({measured_how(result, spec)})
 

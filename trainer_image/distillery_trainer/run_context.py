@@ -8,12 +8,14 @@ from pathlib import Path
 import torch
 
 from distillery.api.job import DistillationJob, DistillationJobSpec, ModelMetrics
-from distillery.api.result import InputDigests, TrainerResult
+from distillery.api.result import EnsembleReport, IncrementalReport, InputDigests, TrainerResult
 from distillery.store import Store
 from distillery.variants import Judged
 from distillery_trainer.checkpoint import Checkpoints, CheckpointState
 from distillery_trainer.encode import Encoded
+from distillery_trainer.ensemble import EnsembleRun
 from distillery_trainer.evaluation import Quality
+from distillery_trainer.incremental import EwcPenalty
 from distillery_trainer.loading import Inputs
 from distillery_trainer.nets import Net
 from distillery_trainer.onnx_tools import Latency
@@ -72,7 +74,15 @@ class RunContext:
     resumed_from: int | None = None
     train_seconds: float = 0.0
     quality: dict[str, Quality] = field(default_factory=dict)  # "teacher", "student"
+    ensemble: EnsembleRun | None = None  # ensemble.teachers' outputs and the mixture (stages.ensemble_outputs)
+    ensemble_report: EnsembleReport | None = None  # each teacher's and the mixture's accuracy
+    previous_train: Encoded | None = None  # incremental: the old splits, encoded like the new ones
+    previous_eval: Encoded | None = None
+    previous_before: float | None = None  # student.base's accuracy on the old eval split
+    ewc: EwcPenalty | None = None
+    incremental_report: IncrementalReport | None = None
     zero_shot: object | None = None  # causal-lm: the labelled eval rows as prompts (lm.text_blocks.ZeroShotSet)
+    vocabulary: object | None = None  # student.vocabulary: the VocabularyReport (vocabulary.student_view)
     exported: Exported | None = None
     latencies: list[Latency] = field(default_factory=list)
     measured: Measurements | None = None

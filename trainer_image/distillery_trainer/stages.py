@@ -18,7 +18,17 @@ from distillery.api.job import ExtractionMethod, ModelMetrics, TeacherFormat, Te
 from distillery.api.result import RESULT_KEY, TrainerResult, TrainingSummary, non_finite_paths
 from distillery.store import StoreError
 from distillery.variants import FP32, INT8, Candidate, judge, result_fields
-from distillery_trainer import finished, preflight, publish, teacher_cache, training
+from distillery_trainer import (
+    ensemble,
+    finished,
+    incremental,
+    preflight,
+    publish,
+    teacher_cache,
+    training,
+    width,
+)
+from distillery_trainer import vocabulary as vocabulary_pruning
 from distillery_trainer.checkpoint import (
     Checkpoints,
     CheckpointState,
@@ -27,15 +37,18 @@ from distillery_trainer.checkpoint import (
     fill_tied,
 )
 from distillery_trainer.encode import Encoded
+from distillery_trainer.ensemble import EnsembleRun
 from distillery_trainer.errors import NonFiniteError
 from distillery_trainer.evaluation import Quality
 from distillery_trainer.loading import encode as encode_split
 from distillery_trainer.loading import load_inputs
+from distillery_trainer.memory_probe import MemoryUse, measure_memory
 from distillery_trainer.nets import Net
 from distillery_trainer.onnx_tools import (
     Latency,
     example_inputs,
     export_onnx,
+    feed_for_file,
     measure_latencies,
     onnx_outputs,
     providers_for,
@@ -70,16 +83,30 @@ def load(ctx: RunContext) -> None:
     ctx.eval_data = encode_split(ctx.inputs.eval, ctx.inputs, ctx.job)
     ctx.digests = teacher_cache.input_digests(ctx.inputs.teacher_path, ctx.train_data, ctx.eval_data,
                                               ctx.inputs.base_path)
+    if ctx.inputs.ensemble:  # replacing an ensemble teacher's weights must run the job again
+        ctx.digests = ctx.digests.model_copy(
+            update={"ensemble": [teacher_cache.file_tree_digest(path) for path in ctx.inputs.ensemble]})
+    if ctx.inputs.previous_train is not None:  # incremental: the old data decides the result too
+        ctx.previous_train = encode_split(ctx.inputs.previous_train, ctx.inputs, ctx.job)
+        ctx.previous_eval = encode_split(ctx.inputs.previous_eval, ctx.inputs, ctx.job)
+        ctx.digests = ctx.digests.model_copy(update={"previous": [
+            teacher_cache.encoded_digest(ctx.previous_train), teacher_cache.encoded_digest(ctx.previous_eval)]})
     ctx.progress.log(f"{len(ctx.train_data)} train rows, {len(ctx.eval_data)} eval rows, device {ctx.device.type}")
     ctx.checkpoints = Checkpoints(ctx.store, ctx.fingerprint)
     try:
         ctx.state = ctx.checkpoints.latest()
-        if ctx.state is not None and ctx.state.inputs != ctx.digests.model_dump():
+        if ctx.state is not None and set_fields(ctx.state.inputs) != ctx.digests.model_dump(exclude_none=True):
             raise CorruptCheckpoint("it was trained on another teacher or other data (their contents changed)")
     except CorruptCheckpoint as err:
         ctx.state = None
         ctx.progress.log(f"ignoring the checkpoint in {ctx.store.uri_for('checkpoints/')}: {err}; "
                          "training starts from scratch")
+
+
+def set_fields(digests: dict | None) -> dict | None:
+    """A digests dict without its unset (None) entries: checkpoints written before a field existed
+    compare equal."""
+    return None if digests is None else {k: v for k, v in digests.items() if v is not None}
 
 
 # ----------------------------------------------------------------------------- reuse_finished
@@ -177,6 +204,49 @@ def teacher_outputs(ctx: RunContext) -> None:
     if net is not None:
         net.cpu()
     ctx.teacher = TeacherSide(net, onnx, train_out, eval_out)
+    if ctx.spec.ensemble is not None:
+        ctx.ensemble = ensemble_outputs(ctx, cache, prefix)
+
+
+def ensemble_outputs(ctx: RunContext, cache, prefix: str) -> EnsembleRun:
+    """Each ensemble teacher's outputs on both splits (cached per teacher and verified like the
+    teacher's), and their mixture with the teacher's: what the student learns from."""
+    spec, task = ctx.spec, ctx.task
+    runs = [(spec.teacher.uri, spec.ensemble.teacher_weight, ctx.teacher.train, ctx.teacher.eval)]
+    for i, (member, path) in enumerate(zip(spec.ensemble.teachers, ctx.inputs.ensemble, strict=True)):
+        field = f"ensemble.teachers[{i}]"
+        ctx.progress.log(f"{field}: computing (or reading) the outputs of {member.uri}")
+        if member.format == TeacherFormat.ONNX:
+            net, onnx = None, OnnxTeacher(path, spec.teacher.task, providers_for(spec.targets.hardware))
+        else:
+            net, onnx = load_torch_model(path, member.format, spec.teacher.task, None), None
+            task.check_head(num_labels(ctx), net.class_count(), field)
+            net.to(ctx.device)
+
+        def compute(data: Encoded, net=net, onnx=onnx) -> TeacherOutputs:
+            if onnx is not None:
+                return onnx.outputs(data, task.eval_batch)
+            return torch_outputs(net, data, task.eval_batch, ctx.device,
+                                 lambda out: task.teacher_targets(out, spec.distillation))
+
+        member_spec = spec.model_copy(update={"teacher": spec.teacher.model_copy(
+            update={"uri": member.uri, "format": member.format})})
+        key = teacher_cache.key_for(member_spec, ctx.digests.model_copy(update={"teacher": ctx.digests.ensemble[i]}))
+        entry = teacher_cache.entry_key(prefix, key)
+        found = cached_teacher_outputs(ctx, cache, entry, key, compute)
+        if found is None:
+            found = compute(ctx.train_data), compute(ctx.eval_data)
+            require_finite(found[0], f"{field}'s", "train")
+            require_finite(found[1], f"{field}'s", "eval")
+            cache.write_bytes(entry, teacher_cache.encode_entry(key, *found))
+        if net is not None:
+            net.cpu()
+        ensemble.check_compatible(ctx.teacher.train, found[0], field)
+        runs.append((member.uri, member.weight, *found))
+    uris, weights, trains, evals = (list(column) for column in zip(*runs, strict=True))
+    temperature = spec.distillation.temperature
+    return EnsembleRun(uris, ensemble.normalized(weights), trains, evals,
+                       ensemble.mix(trains, weights, temperature), ensemble.mix(evals, weights, temperature))
 
 
 def cached_teacher_outputs(ctx: RunContext, cache, entry: str, key: str, compute):
@@ -227,11 +297,30 @@ def select_layers(ctx: RunContext) -> None:
         ctx.state = CheckpointState(ctx.fingerprint, layers, scores, epoch=0, step_in_epoch=0, global_step=0,
                                     inputs=ctx.digests.model_dump())
         ctx.student = source.with_layers(layers)
+        ctx.state.width = width.prune(ctx.student, ctx.train_data, ctx.job, ctx.device, ctx.progress.log, layers)
+        ctx.student = vocabulary_pruning.prune_new(ctx, ctx.student)  # after depth and width: the last cut
     ctx.resumed_from = ctx.state.global_step or None
+    if ctx.spec.incremental is not None:
+        start_incremental(ctx, source)
     if source is ctx.teacher.net:
         source.cpu()
     ctx.progress.log(f"keeping layers {ctx.state.layers} of {ctx.source_layers}"
                      + (f" (scores {ctx.state.layer_scores})" if ctx.state.layer_scores else ""))
+    vocabulary_pruning.student_view(ctx, source)  # from here on both splits carry the student's token ids
+
+
+def start_incremental(ctx: RunContext, base: Net) -> None:
+    """student.base's accuracy on the old eval split, and the EWC penalty around its weights
+    (measured on student.base itself, also when the run resumes)."""
+    incremental.check_same_parameters(base, ctx.student)
+    base.to(ctx.device).eval()
+    outputs = torch_outputs(base, ctx.previous_eval, EVAL_BATCH, ctx.device)
+    ctx.previous_before = ctx.task.quality(outputs, None, ctx.previous_eval.labels, None, None).accuracy
+    if ctx.spec.distillation.ewc is not None:
+        ctx.ewc = incremental.ewc_penalty(base, ctx.previous_train, ctx.job, ctx.device)
+        ctx.progress.log(f"EWC: Fisher of student.base on {ctx.ewc.rows} old train rows, "
+                         f"lambda {ctx.spec.distillation.ewc.lambda_:g}")
+    base.cpu()
 
 
 def ranking_memo(ctx: RunContext, source: Net):
@@ -259,6 +348,8 @@ def resume(ctx: RunContext, source: Net) -> None:
         if state.layers[-1] >= ctx.source_layers:
             raise CorruptCheckpoint(f"its layers go beyond the {ctx.source_layers} layers of the model")
         student = source.with_layers(state.layers)
+        width.reapply(student, state.width, ctx.job)  # the same heads and neurons, before the weights
+        student = vocabulary_pruning.prune_resumed(ctx, student, state)
         weights, payload = ctx.checkpoints.load_weights(state)
         weights = fill_tied(weights, student.state_dict())
         check_fits(state, weights, student.state_dict(), ctx.source_layers)
@@ -280,8 +371,10 @@ def train(ctx: RunContext) -> None:
     started = time.perf_counter()
     if not ctx.state.finished:
         teacher_net = ctx.teacher.net if online(ctx) else None
-        training.train(training.TrainContext(ctx.student, ctx.train_data, ctx.teacher.train, d, ctx.spec.teacher.task,
-                                             ctx.device, ctx.checkpoints, ctx.state, ctx.progress, teacher_net),
+        soft_labels = ctx.ensemble.soft_train if ctx.ensemble is not None else ctx.teacher.train
+        training.train(training.TrainContext(ctx.student, ctx.train_data, soft_labels, d, ctx.spec.teacher.task,
+                                             ctx.device, ctx.checkpoints, ctx.state, ctx.progress, teacher_net,
+                                             penalty=ctx.ewc),
                        ctx.resume_payload)
         if teacher_net is not None:
             teacher_net.cpu()
@@ -303,6 +396,18 @@ def evaluate(ctx: RunContext) -> None:
                      if task.quality_needs_train_outputs else None)
     ctx.quality["student"] = task.quality(student_eval, ctx.teacher.eval, eval_labels, student_train, train_labels)
     ctx.quality["teacher"] = task.quality(ctx.teacher.eval, None, eval_labels, ctx.teacher.train, train_labels)
+    if ctx.previous_eval is not None:
+        after = task.quality(torch_outputs(student, ctx.previous_eval, EVAL_BATCH, ctx.device), None,
+                             ctx.previous_eval.labels, None, None).accuracy
+        ewc = ctx.spec.distillation.ewc
+        ctx.incremental_report = incremental.report(ctx.spec.student.base.uri, ctx.previous_before, after,
+                                                    ctx.inputs.replayed_rows, ctx.ewc, None if ewc is None else ewc.lambda_)
+        ctx.progress.log(f"old eval: {ctx.previous_before:.4f} before, {after:.4f} after "
+                         f"(forgetting {ctx.incremental_report.forgetting:+.4f})")
+    if ctx.ensemble is not None:
+        ctx.ensemble_report = ensemble.report(ctx.ensemble, task, eval_labels, train_labels)
+        ctx.progress.log("ensemble: " + ", ".join(f"{m.uri} {m.accuracy:.4f}" for m in ctx.ensemble_report.members)
+                         + f"; mixture {ctx.ensemble_report.accuracy:.4f}")
     student.cpu()
 
 
@@ -315,11 +420,14 @@ def export(ctx: RunContext) -> None:
     spec, student, teacher = ctx.spec, ctx.student, ctx.teacher
     staging = ctx.work / "artifacts"
     weights_dir = staging / "model"
-    student.save(weights_dir)
+    with width.standard_layout(student):  # removed heads as zeros: a config from_pretrained loads
+        student.save(weights_dir)
     publish.write_provenance(weights_dir, ctx.job, ctx.state.layers, teacher_layers_of(teacher))
+    vocabulary_pruning.save_student_tokenizer(ctx, weights_dir)
     features = ctx.train_data.tensors.get("features")
     feature_shape = tuple(features.shape[1:]) if features is not None else ()
     example = example_inputs(student, spec.benchmark.batch_size, spec.benchmark.sequence_length, feature_shape)
+    example = vocabulary_pruning.student_example(ctx, example)
     student_onnx = export_onnx(student, staging / "model.onnx", example, spec.export.opset)
     if teacher.onnx is not None:
         teacher_onnx, teacher_params, teacher_layers = teacher.onnx.path, onnx_parameter_count(teacher.onnx.path), None
@@ -359,14 +467,25 @@ def onnx_parameter_count(path) -> int:
 # ----------------------------------------------------------------------------- benchmark
 
 
-def metrics(q: Quality, latency: Latency, params: int, size: int, layers: int | None) -> ModelMetrics:
+def metrics(q: Quality, latency: Latency, params: int, size: int, layers: int | None,
+            memory: MemoryUse | None = None) -> ModelMetrics:
     return ModelMetrics(
         accuracy=round(q.accuracy, 6), metric_name=q.metric_name,
         agreement=None if q.agreement is None else round(q.agreement, 6),
         fidelity=None if q.fidelity is None else round(q.fidelity, 6),
         latency_p50_ms=round(latency.p50_ms, 4), latency_p95_ms=round(latency.p95_ms, 4),
         parameters=params, size_bytes=size, num_layers=layers,
+        memory_bytes=None if memory is None else memory.session_bytes,
     )
+
+
+def memory_uses(paths: list, example: tuple, ctx: RunContext) -> list[MemoryUse]:
+    """Each model's runtime memory, measured one at a time in a fresh process (memory_probe.py)."""
+    hardware, threads = ctx.spec.targets.hardware, ctx.spec.benchmark.threads
+    uses = [measure_memory(path, feed_for_file(path, example), providers_for(hardware), threads) for path in paths]
+    ctx.progress.log("runtime memory (onnxruntime session, benchmark batch): " + ", ".join(
+        f"{path.name} {use.session_bytes / 2**20:.1f} MiB" for path, use in zip(paths, uses, strict=True)))
+    return uses
 
 
 def benchmark(ctx: RunContext) -> None:
@@ -377,16 +496,19 @@ def benchmark(ctx: RunContext) -> None:
     ctx.progress.stage("benchmarking", f"onnxruntime on {hardware.value}, batch {spec.benchmark.batch_size}")
     models = [ex.teacher_onnx, ex.student_onnx, *([ex.int8_onnx] if ex.int8_onnx else [])]
     latencies = measure_latencies(models, ex.example, spec.benchmark, hardware)
-    ctx.progress.fraction(0.4)
+    ctx.progress.fraction(0.3)
+    memory = memory_uses(models, ex.example, ctx)
+    ctx.progress.fraction(0.5)
     teacher_m = metrics(ctx.quality["teacher"], latencies[0], ex.teacher_parameters, ex.teacher_onnx.stat().st_size,
-                        ex.teacher_layers)
+                        ex.teacher_layers, memory[0])
     student_m = metrics(ctx.quality["student"], latencies[1], student.parameter_count(),
-                        ex.student_onnx.stat().st_size, student.num_layers())
+                        ex.student_onnx.stat().st_size, student.num_layers(), memory[1])
     int8_m = None
     if ex.int8_onnx is not None:
         ctx.progress.fraction(0.7)
         q_int8 = int8_quality(ctx, ex.int8_onnx)
-        int8_m = metrics(q_int8, latencies[2], student_m.parameters, ex.int8_onnx.stat().st_size, student.num_layers())
+        int8_m = metrics(q_int8, latencies[2], student_m.parameters, ex.int8_onnx.stat().st_size, student.num_layers(),
+                         memory[2])
     ctx.measured = Measurements(teacher_m, student_m, int8_m)
 
 
@@ -438,12 +560,14 @@ def build_result(ctx: RunContext) -> TrainerResult:
         fingerprint=ctx.fingerprint, spec_hash=ctx.spec_hash, teacher_uri=spec.teacher.uri,
         teacher=m.teacher,
         teacher_layers=ctx.exported.teacher_layers, layers_kept=state.layers, layer_scores=state.layer_scores,
+        width=width.result_block(state.width),
         **result_fields(ctx.judged),
         artifacts=publish.artifact_uris(ctx.store, spec, ctx.exported.int8_onnx is not None),
         training=TrainingSummary(epochs=spec.distillation.epochs, steps=state.global_step,
                                  seconds=round(ctx.train_seconds, 2), device=ctx.device.type,
                                  history=state.history, resumed_from_step=ctx.resumed_from),
-        onnx_max_abs_diff=round(ctx.exported.onnx_max_abs_diff, 8), inputs=ctx.digests,
+        onnx_max_abs_diff=round(ctx.exported.onnx_max_abs_diff, 8), inputs=ctx.digests, ensemble=ctx.ensemble_report,
+        incremental=ctx.incremental_report, vocabulary=ctx.vocabulary,
         start_time=ctx.started, completion_time=now(),
     )
 

@@ -46,11 +46,12 @@ def _square(n: int) -> list[int]:
     return [side, side] if side * side == n else [1, n]
 
 
-def calibration_batches(data: Encoded, job: DistillationJob, device: torch.device) -> list[dict]:
-    """calibrationBatches batches of train rows spread evenly over the split: deterministic, and
-    not just its head, which a file sorted by label would fill with one class."""
+def calibration_batches(data: Encoded, job: DistillationJob, device: torch.device,
+                        batches: int | None = None) -> list[dict]:
+    """calibrationBatches (or `batches`) batches of train rows spread evenly over the split:
+    deterministic, and not just its head, which a file sorted by label would fill with one class."""
     batch_size = min(32, job.spec.distillation.batch_size)
-    rows = min(len(data), batch_size * job.spec.student.calibration_batches)
+    rows = min(len(data), batch_size * (batches or job.spec.student.calibration_batches))
     index = torch.linspace(0, len(data) - 1, rows).round().long().unique()
     return [data.batch(chunk, device) for chunk in index.split(batch_size)]
 

@@ -12,6 +12,7 @@ from distillery.api.job import Distillation, Task
 from distillery_trainer.checkpoint import Checkpoints, CheckpointState, CorruptCheckpoint
 from distillery_trainer.encode import Encoded
 from distillery_trainer.errors import NonFiniteError
+from distillery_trainer.incremental import EwcPenalty
 from distillery_trainer.nets import Net
 from distillery_trainer.outputs import TeacherOutputs
 from distillery_trainer.progress import Progress
@@ -37,6 +38,8 @@ class TrainContext:
     # Online distillation (causal-lm, teacherLogits: online): the teacher runs on every batch
     # instead of `teacher` holding its cached outputs.
     teacher_net: Net | None = None
+    # Incremental runs with EWC: a term added to every step's loss.
+    penalty: EwcPenalty | None = None
 
 
 def linear_warmup_decay(total_steps: int, warmup_ratio: float):
@@ -164,6 +167,7 @@ def train(ctx: TrainContext, resume_payload: dict | None = None) -> list[dict]:
 
     last_save = time.monotonic()
     watch = LossWatch(ctx.device)
+    penalty = None if ctx.penalty is None else ctx.penalty.to(ctx.device)
 
     def save() -> None:
         nonlocal last_save
@@ -195,6 +199,8 @@ def train(ctx: TrainContext, resume_payload: dict | None = None) -> list[dict]:
             batch = ctx.data.batch(index, ctx.device)
             with autocast(ctx.device):
                 loss = step_loss(ctx, batch, index)
+            if penalty is not None:
+                loss = loss + penalty(student)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), spec.max_grad_norm)

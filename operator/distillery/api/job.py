@@ -131,6 +131,23 @@ class Teacher(ApiModel):
     )
 
 
+class EnsembleTeacher(ApiModel):
+    """One more teacher of an ensemble: same task and classes as `teacher`, reading the same inputs."""
+
+    uri: str = Field(min_length=1, description="file://, s3:// or a local path to the model")
+    format: TeacherFormat = TeacherFormat.HUGGINGFACE
+    weight: float = Field(default=1.0, gt=0, le=1000, description="its share of the soft labels (normalized)")
+
+
+class Ensemble(ApiModel):
+    """More teachers whose soft labels are mixed with the teacher's. `teacher` stays the model the
+    student is cut from and measured against (speedup, size); the student learns from the mixture."""
+
+    teachers: list[EnsembleTeacher] = Field(min_length=1, max_length=16)
+    teacher_weight: float = Field(default=1.0, gt=0, le=1000,
+                                  description="`teacher`'s own share of the soft labels (normalized)")
+
+
 class Dataset(ApiModel):
     """Train and eval splits and how to read them."""
 
@@ -178,6 +195,59 @@ class StudentBase(ApiModel):
     format: TeacherFormat = TeacherFormat.HUGGINGFACE
 
 
+class Vocabulary(ApiModel):
+    """Vocabulary pruning for a domain: the student keeps the word embeddings of the tokens the
+    train split uses (plus special tokens and a floor); its tokenizer still splits any text as
+    the teacher's does, removed tokens becoming [UNK]. WordPiece (BERT-style) tokenizers only."""
+
+    prune: bool = Field(default=True, description="keep only the tokens the train split uses")
+    min_count: int = Field(
+        default=1, ge=1, le=1_000_000_000,
+        description="times a token must occur in the encoded train split to stay")
+    keep_tokens: int = Field(
+        default=0, ge=0, le=10_000_000,
+        description="floor: also keep the N lowest token ids (in a WordPiece vocabulary, placeholders and "
+        "single characters, then the most common words)")
+
+
+class Width(ApiModel):
+    """Width pruning after the layer cut: attention heads and FFN neurons kept per layer, chosen
+    by their activations on calibration batches (Minitron-style); BERT-family encoders only."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": crd_extra(
+            cel("has(self.heads) || has(self.ffn) || has(self.maxParameters)",
+                "student.width needs heads, ffn or maxParameters"),
+            cel("!has(self.maxParameters) || !(has(self.heads) || has(self.ffn))",
+                "set student.width.maxParameters or heads/ffn, not both"),
+        )
+    }
+
+    heads: float | None = Field(
+        default=None, gt=0, le=1,
+        description="fraction of attention heads kept in every layer (absent: keep all)")
+    ffn: float | None = Field(
+        default=None, gt=0, le=1,
+        description="fraction of FFN (intermediate) neurons kept in every layer (absent: keep all)")
+    # Strict: the API server fails the CEL rules below on a whole float such as 3.0, so pydantic
+    # must refuse it too rather than read it as 3.
+    max_parameters: int | None = Field(
+        default=None, ge=1, le=10**15, strict=True,
+        description="instead of heads/ffn: a parameter budget for the layer-cut student after width pruning "
+        "(before vocabulary pruning); the largest equal share of heads and FFN neurons that fits")
+    calibration_batches: int | None = Field(
+        default=None, ge=1, le=1000,
+        description="train batches the importance is measured on (default: student.calibrationBatches)")
+
+    @model_validator(mode="after")
+    def _something_to_prune(self) -> Width:
+        if self.heads is None and self.ffn is None and self.max_parameters is None:
+            raise ValueError("student.width needs heads, ffn or maxParameters")
+        if self.max_parameters is not None and (self.heads is not None or self.ffn is not None):
+            raise ValueError("set student.width.maxParameters or heads/ffn, not both")
+        return self
+
+
 class Student(ApiModel):
     """How to get the student: layer extraction (depth pruning) and its size."""
 
@@ -210,6 +280,9 @@ class Student(ApiModel):
         "where removing either costs the most perplexity; false otherwise)")
     base: StudentBase | None = None
     architecture: StudentArchitecture | None = None
+    width: Width | None = Field(default=None, description="width pruning: attention heads and FFN neurons")
+    vocabulary: Vocabulary | None = Field(
+        default=None, description="vocabulary pruning: keep the tokens the train split uses")
 
     @model_validator(mode="after")
     def _one_size(self) -> Student:
@@ -229,6 +302,28 @@ class HiddenLoss(ApiModel):
 
     type: HiddenLossType = HiddenLossType.NONE
     weight: float = Field(default=1.0, ge=0)
+
+
+class Ewc(ApiModel):
+    """Elastic weight consolidation (Kirkpatrick et al. 2017): while healing on new data, a penalty
+    lambda/2 * sum_i F_i (theta_i - theta_old_i)^2 holds each weight near student.base's value in
+    proportion to how much the old data's loss depends on it (F: the diagonal empirical Fisher of
+    student.base on incremental.previousTrainUri)."""
+
+    lambda_: float = Field(alias="lambda", gt=0, le=1e12, description="the penalty's strength")
+    fisher_batches: int = Field(default=8, ge=1, le=1000,
+                                description="batches of the previous train split the Fisher is estimated on")
+
+
+class Incremental(ApiModel):
+    """Continue an earlier student (student.base, kept whole) on new data without forgetting the old:
+    replay a share of the old rows, and/or distillation.ewc. The old eval split measures forgetting."""
+
+    previous_train_uri: str = Field(min_length=1, description="the data student.base learned (replay, EWC)")
+    previous_eval_uri: str = Field(min_length=1, description="the old eval split: accuracy before and after")
+    replay_share: float = Field(
+        default=0.0, ge=0, le=10,
+        description="old train rows added to the new train split, as a share of its rows (0: none)")
 
 
 class Distillation(ApiModel):
@@ -260,6 +355,7 @@ class Distillation(ApiModel):
         default=120.0, gt=0, le=86400,
         description="checkpoint once this much wall time has passed since the last one, and at the end; "
         "a write costs about a second, so a time bound keeps it a small share of any step rate")
+    ewc: Ewc | None = Field(default=None, description="incremental only: elastic weight consolidation")
     disable_dropout: bool = Field(
         default=False,
         description="train the student with dropout off: faster steps (no random masks); "
@@ -280,6 +376,10 @@ class Targets(ApiModel):
         default=None, ge=0,
         description="causal-lm: (student perplexity - teacher perplexity) / teacher perplexity on the eval text")
     max_size_bytes: int | None = Field(default=None, ge=1)
+    max_memory_bytes: int | None = Field(
+        default=None, ge=1,
+        description="peak resident memory the model's onnxruntime session adds while running the benchmark "
+        "batch (memoryBytes in the metrics; not measured for causal-lm)")
     hardware: Hardware = Hardware.CPU
     must_improve_frontier: bool = False
     optimize_for: OptimizeFor = Field(
@@ -422,6 +522,15 @@ class DistillationJobSpec(ApiModel):
                 "targets.maxPerplexityIncrease needs teacher.task causal-lm",
             ),
             cel(
+                "!has(self.distillation) || !has(self.distillation.ewc) || has(self.incremental)",
+                "distillation.ewc needs incremental (the previous data the Fisher is estimated on)",
+            ),
+            cel(
+                "!has(self.incremental) || (has(self.student) && has(self.student.base) "
+                "&& has(self.student.keepRatio) && self.student.keepRatio == 1.0)",
+                "incremental continues student.base whole: set student.base and student.keepRatio: 1",
+            ),
+            cel(
                 "!has(self.teacher.task) || self.teacher.task != 'causal-lm' || "
                 "((!has(self.teacher.format) || self.teacher.format == 'huggingface') "
                 "&& (!has(self.dataset.format) || self.dataset.format == 'jsonl'))",
@@ -431,6 +540,11 @@ class DistillationJobSpec(ApiModel):
     }
 
     teacher: Teacher
+    ensemble: Ensemble | None = Field(
+        default=None, description="more teachers: the student learns from the weighted mixture of their "
+        "soft labels and the teacher's (classification and sentence-embedding)")
+    incremental: Incremental | None = Field(
+        default=None, description="continue student.base on new data without forgetting the old")
     dataset: Dataset
     student: Student = Field(default_factory=Student)
     distillation: Distillation = Field(default_factory=Distillation)
@@ -455,6 +569,10 @@ class DistillationJobSpec(ApiModel):
         if self.teacher.task == Task.CAUSAL_LM and (
                 self.teacher.format != TeacherFormat.HUGGINGFACE or self.dataset.format != DatasetFormat.JSONL):
             raise ValueError("teacher.task causal-lm needs a huggingface teacher and jsonl data")
+        if self.distillation.ewc is not None and self.incremental is None:
+            raise ValueError("distillation.ewc needs incremental (the previous data the Fisher is estimated on)")
+        if self.incremental is not None and (self.student.base is None or self.student.keep_ratio != 1):
+            raise ValueError("incremental continues student.base whole: set student.base and student.keepRatio: 1")
         return self
 
 
@@ -480,6 +598,9 @@ class ModelMetrics(ApiModel):
     latency_p95_ms: float | None = None
     parameters: int | None = None
     size_bytes: int | None = None
+    memory_bytes: int | None = Field(
+        default=None, description="peak resident memory the onnxruntime session adds on the benchmark batch "
+        "(host memory, measured in a fresh process)")
     num_layers: int | None = None
     latency_name: str | None = Field(
         default=None, description="what latency means: batch-ms (one benchmark batch) or decode-ms-per-token")

@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 
 from distillery.api.base import ApiModel
 from distillery.api.job import Artifacts, Decision, Hardware, ModelMetrics, Task, Variant
+from distillery.api.width import WidthReport
 
 # Exit codes of `distillery run` and the trainer entry point.
 EXIT_ACCEPTED = 0
@@ -42,6 +43,59 @@ class InputDigests(ApiModel):
     train: str = Field(min_length=16)
     eval: str = Field(min_length=16)
     base: str | None = Field(default=None, description="student.base's files, when one is given")
+    ensemble: list[str] | None = Field(default=None, description="ensemble.teachers' files, in order")
+    previous: list[str] | None = Field(default=None, description="incremental: the old train and eval data")
+
+
+class IncrementalReport(ApiModel):
+    """An incremental run: what it continued, and how much of the old task it kept."""
+
+    parent: str = Field(description="student.base: the student this run continued")
+    previous_accuracy_before: float = Field(description="student.base on incremental.previousEvalUri")
+    previous_accuracy_after: float = Field(description="the new student on incremental.previousEvalUri")
+    forgetting: float = Field(description="before - after (negative: it improved on the old data)")
+    replayed_rows: int = Field(ge=0, description="old train rows added to the new train split")
+    ewc_lambda: float | None = None
+    fisher_rows: int | None = Field(default=None, description="old rows the EWC Fisher was estimated on")
+
+
+class EnsembleMember(ApiModel):
+    uri: str
+    weight: float = Field(description="normalized share of the soft labels")
+    accuracy: float = Field(description="this teacher alone, by the task's metric on the eval split")
+
+
+class EnsembleReport(ApiModel):
+    """The teachers of an ensemble and their mixture, each scored on the eval split."""
+
+    members: list[EnsembleMember] = Field(min_length=2, description="`teacher` first, then ensemble.teachers")
+    accuracy: float = Field(description="the mixture of their soft labels (what the student learned from)")
+    metric_name: str | None = None
+
+
+class VocabularyReport(ApiModel):
+    """What vocabulary pruning (student.vocabulary) kept, and what the splits lost to it. Token
+    counts are text tokens of the encoded splits: padding and special tokens are not counted."""
+
+    original_tokens: int = Field(ge=1, description="rows of the source model's word embeddings")
+    kept_tokens: int = Field(ge=1)
+    embedding_parameters_removed: int = Field(ge=0)
+    embedding_share_removed: float = Field(ge=0, le=1, description="share of the word-embedding parameters removed")
+    train_tokens: int = Field(ge=0)
+    train_tokens_unknown: int = Field(
+        ge=0, description="train tokens removed (0 unless minCount > 1): the student sees them as [UNK]")
+    eval_tokens: int = Field(ge=0)
+    eval_tokens_unknown: int = Field(
+        ge=0, description="eval tokens that became [UNK] (they were known to the teacher's tokenizer)")
+    eval_unknown_share: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _parts_within_wholes(self) -> VocabularyReport:
+        # Read back from a store, a report must not claim more kept or lost than there was.
+        if (self.kept_tokens > self.original_tokens or self.train_tokens_unknown > self.train_tokens
+                or self.eval_tokens_unknown > self.eval_tokens):
+            raise ValueError("vocabulary: more tokens kept or lost than there were")
+        return self
 
 
 def non_finite_paths(value: Any, where: str = "") -> list[str]:
@@ -78,6 +132,10 @@ class TrainerResult(ApiModel):
     training: TrainingSummary | None = None
     onnx_max_abs_diff: float | None = None
     inputs: InputDigests | None = Field(default=None, description="digests of the teacher and the data used")
+    ensemble: EnsembleReport | None = Field(default=None, description="the ensemble's teachers, when there is one")
+    incremental: IncrementalReport | None = Field(default=None, description="an incremental run's forgetting")
+    vocabulary: VocabularyReport | None = Field(default=None, description="vocabulary pruning, when asked for")
+    width: WidthReport | None = Field(default=None, description="width pruning (heads, FFN neurons), when asked for")
     start_time: str
     completion_time: str
 

@@ -22,6 +22,11 @@ class SourceJob(ApiModel):
     uid: str | None = None
 
 
+class Lineage(ApiModel):
+    parent: str | None = Field(default=None, description="student.base's URI: the model the student was cut from")
+    ensemble_teachers: list[str] | None = Field(default=None, description="ensemble.teachers' URIs, in order")
+
+
 class StudentModelSpec(ApiModel):
     teacher: TeacherRef
     hardware: Hardware = Hardware.CPU
@@ -36,6 +41,9 @@ class StudentModelSpec(ApiModel):
     artifact: str | None = Field(default=None, description="the file of that variant (ONNX)")
     recipe: TrialParams | None = Field(
         default=None, description="the student choices that produced it (a search tries these first)")
+    lineage: Lineage | None = Field(
+        default=None, description="what it was distilled from besides the teacher: the model it was cut "
+        "from (student.base) and the ensemble's other teachers")
 
 
 class StudentModelStatus(ApiModel):

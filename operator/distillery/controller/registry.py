@@ -45,8 +45,19 @@ def build_student_model(job: DistillationJob, uid: str, generation: int, result:
             "variant": result.variant,
             **({"artifact": chosen.artifact} if (chosen := result.chosen_variant()) and chosen.artifact else {}),
             "recipe": recipe_of(job, result).to_wire(),
+            **({"lineage": lineage} if (lineage := lineage_of(job)) else {}),
         },
     }
+
+
+def lineage_of(job: DistillationJob) -> dict[str, Any]:
+    """Where the student came from besides the teacher, from the spec (not the result file)."""
+    spec, lineage = job.spec, {}
+    if spec.student.base is not None:
+        lineage["parent"] = spec.student.base.uri
+    if spec.ensemble is not None:
+        lineage["ensembleTeachers"] = [member.uri for member in spec.ensemble.teachers]
+    return lineage
 
 
 def recipe_of(job: DistillationJob, result: TrainerResult) -> TrialParams:

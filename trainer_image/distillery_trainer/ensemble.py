@@ -1,0 +1,92 @@
+"""Several teachers as one: the soft labels a student learns from an ensemble.
+
+`ensemble.teachers` are more teachers of the same task and classes as `teacher`, reading the same
+inputs (for text, the same tokenizer). `teacher` stays the model the student is cut from and
+measured against; each teacher runs once on both splits (cached per teacher), and the student
+learns from their weighted mixture:
+
+- classification: the mixture of the teachers' class distributions at the distillation
+  temperature T, p = sum_i w_i softmax(z_i / T), handed to the loss as the logits T * log p. The
+  softmax of those at T is p exactly, so the KD term is KL(student || mixture) with no change to
+  the loss, and the hard-label term is untouched;
+- sentence embeddings: the weighted mean of the teachers' unit-length embeddings, which the cosine
+  loss pulls the student towards.
+
+Mixing distributions rather than logits keeps each teacher's confidence: averaging logits would let
+one teacher with large logits decide alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from distillery.api.result import EnsembleMember, EnsembleReport
+from distillery_trainer.errors import InputError
+from distillery_trainer.outputs import TeacherOutputs
+
+
+@dataclass
+class EnsembleRun:
+    """Every teacher's outputs (`teacher` first) and their mixture, on both splits."""
+
+    uris: list[str]
+    weights: list[float]  # normalized
+    trains: list[TeacherOutputs]
+    evals: list[TeacherOutputs]
+    soft_train: TeacherOutputs  # what the student learns from
+    soft_eval: TeacherOutputs
+
+
+def normalized(weights: list[float]) -> list[float]:
+    total = float(sum(weights))
+    return [w / total for w in weights]
+
+
+def mix_logits(logits: list[torch.Tensor], weights: list[float], temperature: float) -> torch.Tensor:
+    """T * log(sum_i w_i softmax(z_i / T)): logits whose distribution at T is the mixture."""
+    shares = normalized(weights)
+    log_terms = [torch.log_softmax(z.double() / temperature, dim=-1) + torch.log(torch.tensor(w, dtype=torch.float64))
+                 for z, w in zip(logits, shares, strict=True)]
+    return (temperature * torch.logsumexp(torch.stack(log_terms), dim=0)).to(logits[0].dtype)
+
+
+def mix_pooled(pooled: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """The weighted mean of unit-length embeddings (each teacher counts by direction, not norm)."""
+    shares = normalized(weights)
+    units = [torch.nn.functional.normalize(p.double(), dim=-1) * w for p, w in zip(pooled, shares, strict=True)]
+    return torch.stack(units).sum(dim=0).to(pooled[0].dtype)
+
+
+def mix(outputs: list[TeacherOutputs], weights: list[float], temperature: float) -> TeacherOutputs:
+    """The ensemble's outputs on one split, from each teacher's (all of one task, same rows)."""
+    first = outputs[0]
+    if any(len(o) != len(first) for o in outputs):
+        raise ValueError("the teachers' outputs cover different rows")
+    logits = pooled = None
+    if first.logits is not None:
+        logits = mix_logits([o.logits for o in outputs], weights, temperature)
+    if first.pooled is not None:
+        pooled = mix_pooled([o.pooled for o in outputs], weights)
+    return TeacherOutputs(logits=logits, pooled=pooled)
+
+
+def check_compatible(teacher: TeacherOutputs, member: TeacherOutputs, field: str) -> None:
+    """The same kind and width of outputs as the teacher's, or a message naming the member."""
+    for name in ("logits", "pooled"):
+        mine, theirs = getattr(teacher, name), getattr(member, name)
+        if (mine is None) != (theirs is None) or (mine is not None and mine.shape[1:] != theirs.shape[1:]):
+            what = "classes" if name == "logits" else "embedding size"
+            shape = "none" if theirs is None else tuple(theirs.shape[1:])
+            raise InputError(f"{field}: its outputs ({name} {shape}) do not match the teacher's "
+                             f"({'none' if mine is None else tuple(mine.shape[1:])}); an ensemble needs one {what}")
+
+
+def report(run: EnsembleRun, task, eval_labels, train_labels) -> EnsembleReport:
+    """Each teacher alone and the mixture, scored on the eval split by the task's metric."""
+    members = [EnsembleMember(uri=uri, weight=round(weight, 6),
+                              accuracy=round(task.quality(ev, None, eval_labels, tr, train_labels).accuracy, 6))
+               for uri, weight, tr, ev in zip(run.uris, run.weights, run.trains, run.evals, strict=True)]
+    mixture = task.quality(run.soft_eval, None, eval_labels, run.soft_train, train_labels)
+    return EnsembleReport(members=members, accuracy=round(mixture.accuracy, 6), metric_name=mixture.metric_name)

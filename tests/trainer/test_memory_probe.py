@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from distillery.api.job import Hardware
@@ -41,3 +42,12 @@ def test_the_feed_is_built_from_the_files_inputs(tmp_path):
     feed = feed_for_file(model, (torch.ones(2, 64),))
     assert list(feed) == ["features"]
     assert feed["features"].dtype.name == "float32" and feed["features"].shape == (2, 64)
+
+
+def test_a_probe_that_fails_says_why(tmp_path):
+    import pytest
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(RuntimeError, match="the memory probe of broken.onnx exited with 1"):
+        measure_memory(broken, {"features": np.zeros((1, 4), dtype=np.float32)}, providers_for(Hardware.CPU), 1)

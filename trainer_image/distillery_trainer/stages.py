@@ -9,6 +9,7 @@ is read back from a store (result, cache, checkpoint) is checked before it is us
 
 from __future__ import annotations
 
+import subprocess
 import time
 from datetime import UTC, datetime
 
@@ -479,12 +480,21 @@ def metrics(q: Quality, latency: Latency, params: int, size: int, layers: int | 
     )
 
 
-def memory_uses(paths: list, example: tuple, ctx: RunContext) -> list[MemoryUse]:
-    """Each model's runtime memory, measured one at a time in a fresh process (memory_probe.py)."""
+def memory_uses(paths: list, example: tuple, ctx: RunContext) -> list[MemoryUse | None]:
+    """Each model's runtime memory, measured one at a time in a fresh process (memory_probe.py).
+    A probe that fails leaves that model's memory unmeasured (one log line; a maxMemoryBytes
+    target then misses) rather than failing a run whose other numbers are sound."""
     hardware, threads = ctx.spec.targets.hardware, ctx.spec.benchmark.threads
-    uses = [measure_memory(path, feed_for_file(path, example), providers_for(hardware), threads) for path in paths]
+    uses = []
+    for path in paths:
+        try:
+            uses.append(measure_memory(path, feed_for_file(path, example), providers_for(hardware), threads))
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
+            ctx.progress.log(f"runtime memory of {path.name} not measured: {err}")
+            uses.append(None)
     ctx.progress.log("runtime memory (onnxruntime session, benchmark batch): " + ", ".join(
-        f"{path.name} {use.session_bytes / 2**20:.1f} MiB" for path, use in zip(paths, uses, strict=True)))
+        f"{path.name} {'-' if use is None else f'{use.session_bytes / 2**20:.1f} MiB'}"
+        for path, use in zip(paths, uses, strict=True)))
     return uses
 
 

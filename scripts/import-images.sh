@@ -66,7 +66,7 @@ shared_bytes() { # <ref>
     layers="$(docker image inspect -f '{{range .RootFS.Layers}}{{println .}}{{end}}' "$1")"
     named_layers | awk -v want="$layers" '
         BEGIN { n = split(want, w, "\n"); for (i = 1; i <= n; i++) if (w[i] != "") keep[w[i]] = 1 }
-        ($1 in keep) { s += $2 } END { print s + 0 }'
+        ($1 in keep) { s += $2 } END { printf "%.0f\n", s }'
 }
 
 # Removes the `sha256:<id>` names pointing at DIGEST when no other name does: the CRI gives each

@@ -128,11 +128,14 @@ def test_replay_and_ewc_forget_less_than_plain_healing(continued, class_split):
     assert ewc.forgetting < plain.forgetting - 0.2
 
 
-def test_incremental_needs_the_base_whole_and_classification(digits_workspace, class_split, old_student, tmp_path):
+def test_incremental_takes_student_base_whole(digits_workspace, class_split, old_student, tmp_path):
     from distillery.api.load import SpecError
 
     doc = incremental_job(digits_workspace, class_split, old_student, tmp_path / "out").model_dump(
         mode="json", by_alias=True, exclude_none=True)
     doc["spec"]["student"]["keepRatio"] = 0.5
     with pytest.raises(SpecError, match="incremental continues student.base whole"):
+        load_job(doc)
+    doc["spec"]["student"].update(keepRatio=1.0, vocabulary={"prune": True})
+    with pytest.raises(SpecError, match="no student.width or student.vocabulary"):
         load_job(doc)

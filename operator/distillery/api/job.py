@@ -531,6 +531,11 @@ class DistillationJobSpec(ApiModel):
                 "incremental continues student.base whole: set student.base and student.keepRatio: 1",
             ),
             cel(
+                "!has(self.incremental) || !has(self.student) || "
+                "(!has(self.student.width) && !has(self.student.vocabulary))",
+                "incremental continues student.base whole: no student.width or student.vocabulary",
+            ),
+            cel(
                 "!has(self.teacher.task) || self.teacher.task != 'causal-lm' || "
                 "((!has(self.teacher.format) || self.teacher.format == 'huggingface') "
                 "&& (!has(self.dataset.format) || self.dataset.format == 'jsonl'))",
@@ -573,6 +578,8 @@ class DistillationJobSpec(ApiModel):
             raise ValueError("distillation.ewc needs incremental (the previous data the Fisher is estimated on)")
         if self.incremental is not None and (self.student.base is None or self.student.keep_ratio != 1):
             raise ValueError("incremental continues student.base whole: set student.base and student.keepRatio: 1")
+        if self.incremental is not None and (self.student.width is not None or self.student.vocabulary is not None):
+            raise ValueError("incremental continues student.base whole: no student.width or student.vocabulary")
         return self
 
 

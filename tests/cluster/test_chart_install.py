@@ -273,8 +273,9 @@ def test_a_weakened_pod_would_be_refused(control_plane, namespace, namespaced):
 
 
 def operator_writes(control_plane: Cluster, namespace: str, name: str) -> dict:
-    """What the operator writes: kopf's annotations under distillery.io/ (a merge patch of the
-    object's metadata, never spec) and the status subresource. Returns the object before."""
+    """What an operator writes: annotations under distillery.io/ (kopf's, as it keeps them on
+    searches: a merge patch of the object's metadata, never spec) and the status subresource.
+    Returns the object before."""
     obj = json.loads(control_plane.kubectl("get", "distillationjob", name, "-n", namespace, "-o", "json").stdout)
     control_plane.kubectl("patch", "distillationjob", name, "-n", namespace, "--type=merge", "-p", json.dumps(
         {"metadata": {"annotations": {"distillery.io/last-handled-configuration": json.dumps({"spec": obj["spec"]}),

@@ -195,6 +195,18 @@ def test_follow_asks_for_progress_and_writes_running_once_per_change(tmp_path):
     assert status_of(decide.decide_follow(steady, SETTINGS, RUNNING, None, later, None))["progress"]["percent"] == 61.0
 
 
+def test_follow_reads_no_progress_before_a_trainer_pod_is_ready(tmp_path):
+    obs = started(document(tmp_path))
+    queued = {**RUNNING, "status": {"conditions": [], "ready": 0}}
+    up = {**RUNNING, "status": {"conditions": [], "ready": 1}}
+    assert decide.decide_follow(obs, SETTINGS, queued, None, None, None) == []
+    assert decide.decide_follow(obs, SETTINGS, up, None, None, None) == [ReadStore("progress")]
+    # Once something was read, a pod restarting (not ready for a while) does not stop the reads.
+    assert decide.decide_follow(obs, SETTINGS, queued, None, StoreRead(value=None), None) == [ReadStore("progress")]
+    # A cluster that does not report status.ready (before 1.29) reads as before.
+    assert decide.decide_follow(obs, SETTINGS, RUNNING, None, None, None) == [ReadStore("progress")]
+
+
 def test_an_unreadable_store_shows_progress_unknown_not_a_stall(tmp_path):
     obs = started(document(tmp_path))
     read = StoreRead(error="S3 endpoint 10.0.0.9:9000: no answer within the read timeout", failures=2)

@@ -91,3 +91,36 @@ def test_retry_is_raised_after_the_status_is_written(events):
     with pytest.raises(kopf.TemporaryError) as err:
         run(FakeKube(), [waiting, Retry(20.0, "Secret 'x' not found")], patch)
     assert err.value.delay == 20.0 and patch.status["phase"] == "Pending"
+
+
+# ----------------------------------------------------------------------------- the job's one timer
+
+
+def test_tick_starts_once_while_the_watch_lags_then_follows(events, tmp_path):
+    """The timer starts a generation; a later tick that still sees the old status (the watch has
+    not brought our write back) does nothing instead of starting again; once the status shows the
+    trainer Job, the tick follows it (and reads nothing before its pod is up)."""
+    from tests.digits import digits_job_document
+
+    doc = digits_job_document(tmp_path / "ws", tmp_path / "out")
+    body = {"apiVersion": doc["apiVersion"], "kind": doc["kind"], "spec": doc["spec"]}
+    meta = {"name": "a", "namespace": "ns", "uid": "uid-a", "generation": 1}
+    kube = FakeKube()
+    ctx = handlers.context_for(Settings(), [], kube=kube)
+
+    def tick(status, jobs_index=None):
+        patch = Patch()
+        asyncio.run(handlers.tick(body=body, meta=meta, status=status, patch=patch, retry=0, memo=ctx,
+                                  trainer_jobs=jobs_index or {}, students_by_group={}))
+        return patch.status
+
+    assert handlers.has_work({}, meta)
+    written = tick({})
+    assert kube.calls == ["create_job"] and written["trainerJob"] == "distill-a-g1"
+    assert tick({}) == {} and kube.calls == ["create_job"]  # lagging view: no second start
+    queued = {"metadata": {"name": "distill-a-g1", "namespace": "ns", "uid": "j"}, "spec": {},
+              "status": {"conditions": [], "ready": 0}}
+    assert tick(written, {("ns", "distill-a-g1"): [queued]}) == {}
+    assert kube.calls == ["create_job"]
+    assert not handlers.has_work({"observedGeneration": 1, "phase": "Succeeded"}, meta)
+    assert handlers.has_work({"observedGeneration": 1, "phase": "Succeeded"}, {**meta, "generation": 2})

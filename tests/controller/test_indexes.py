@@ -166,7 +166,8 @@ def test_job_entry_keeps_what_following_needs():
     assert entry == {"metadata": {"name": "distill-a-g1", "namespace": "ns", "uid": "uid-distill-a-g1"},
                      "spec": {"suspend": True},
                      "status": {"conditions": [{"type": "Complete", "status": "True",
-                                                "reason": "CompletionsReached", "message": "done"}]}}
+                                                "reason": "CompletionsReached", "message": "done"}],
+                                "ready": None}}
     assert decide.job_condition(entry, "Complete")
     job = k8s_job()
     out = asyncio.run(handlers.trainer_jobs(body=job, namespace="ns", name=job["metadata"]["name"]))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,11 +39,22 @@ class OperatorContext:
     # tick that sees the old status neither writes the same progress again nor finishes twice.
     progress_written: dict[str, tuple[int, dict]] = field(default_factory=dict)
     finished: dict[str, int] = field(default_factory=dict)  # uid -> the generation finished
+    started: dict[str, tuple[int, float]] = field(default_factory=dict)  # uid -> (generation, monotonic time)
     frontier_written: dict[tuple[str, str], dict] = field(default_factory=dict)  # (ns, model) -> status
     tasks: list[Any] = field(default_factory=list)  # background asyncio tasks, cancelled at cleanup
     # Kubernetes calls from the event loop run here, apart from kopf's pool and the store readers.
     api_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="kube-api"))
+
+    def note_started(self, uid: str, generation: int) -> None:
+        self.started[uid] = (generation, time.monotonic())
+
+    def started_recently(self, uid: str, generation: int) -> bool:
+        """Whether this operator started the generation within trainer_recheck_s: a status that
+        does not show it yet is the watch lagging our write. Later, the start is tried again (its
+        status patch may have failed); creating the Job again is a harmless 409."""
+        seen = self.started.get(uid)
+        return seen is not None and seen[0] == generation and time.monotonic() - seen[1] < self.settings.trainer_recheck_s
 
     async def api(self, fn: Callable[..., Any], *args: Any) -> Any:
         """fn(*args) (a blocking Kubernetes call) in the API pool, awaited."""

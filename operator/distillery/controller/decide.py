@@ -237,6 +237,8 @@ def decide_follow(obs: Observed, settings: Settings, trainer: Mapping, pods: lis
         return trainer_failed(obs, failed, pods or [])
     if (trainer.get("spec") or {}).get("suspend"):
         return []  # queued (Kueue admits it by unsuspending): stays Pending
+    if progress is None and not pod_ready(trainer):
+        return []  # no pod is up yet, so there is no progress.json to read (1000 queued jobs: 0 reads)
     actions: list[Action] = [ReadStore(PROGRESS)]
     previous = written if written is not None else obs.status.get("progress")
     if progress is None:
@@ -250,6 +252,13 @@ def decide_follow(obs: Observed, settings: Settings, trainer: Mapping, pods: lis
     if seen is not None and seen.to_wire() != previous:
         actions.insert(0, PatchStatus(st.running(obs.generation, seen, obs.conditions)))
     return actions
+
+
+def pod_ready(trainer: Mapping) -> bool:
+    """Whether a trainer pod is up: Job.status.ready counts Ready pods; a cluster that does
+    not report it (before Kubernetes 1.29) is taken as ready, so progress is read as before."""
+    ready = (trainer.get("status") or {}).get("ready")
+    return ready is None or ready > 0
 
 
 def trainer_failed(obs: Observed, cond: Mapping, pods: list[dict]) -> list[Action]:

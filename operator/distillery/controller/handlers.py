@@ -206,6 +206,7 @@ def forget_job(ctx: OperatorContext, uid: str, namespace: str, body: Mapping | N
                deleted: bool = False) -> None:
     """Drop what was kept for a job's store (it finished or is gone); all of it once it is deleted."""
     ctx.store_io.forget(lambda job: job[0] == uid)
+    ctx.started.pop(uid, None)
     if deleted:
         ctx.finished.pop(uid, None)
         ctx.progress_written.pop(uid, None)
@@ -234,22 +235,34 @@ def submit_read(ctx: OperatorContext, obs: Observed, kind: str):
 # ----------------------------------------------------------------------------- DistillationJob
 
 
-async def reconcile(body, meta, status, patch, retry, memo: OperatorContext, **_) -> None:
-    with metrics.observed("reconcile"):
-        obs = observed(body, meta, status)
-        await execute(memo, obs, body, patch, await start_actions(memo, obs, retry))
+def has_work(status, meta, **_) -> bool:
+    """A job's one timer runs while its current generation is not started or not finished. kopf
+    keeps its finalizer on the job only meanwhile, so a finished job can be deleted without a
+    running operator."""
+    return not (status.get("observedGeneration") == meta.get("generation") and status.get("phase") in decide.FINAL)
 
 
-def needs_following(status, meta, **_) -> bool:
-    """Timers follow a started generation; starting one is the create/update/resume handlers'
-    job (kopf retries those), so a timer never races them to create the same Job."""
-    return (status.get("observedGeneration") == meta.get("generation") and bool(status.get("trainerJob"))
-            and status.get("phase") not in decide.FINAL)
+def not_started(obs: Observed) -> bool:
+    return obs.status.get("observedGeneration") != obs.generation or not obs.status.get("trainerJob")
 
 
-async def follow(body, meta, status, patch, memo: OperatorContext, trainer_jobs, students_by_group, **_) -> None:
+async def tick(body, meta, status, patch, retry, memo: OperatorContext, trainer_jobs, students_by_group,
+               **_) -> None:
+    """The job's level-triggered loop (a kopf timer, first run at once): start the current
+    generation if it is not started, else follow its trainer. One handler for the job's whole life,
+    so nothing races to create its Job, and kopf keeps no annotations on it."""
+    obs = observed(body, meta, status)
+    if not_started(obs):
+        if memo.started_recently(obs.uid, obs.generation):
+            return  # started by an earlier tick; the watch has not brought that status back yet
+        with metrics.observed("reconcile"):
+            actions = await start_actions(memo, obs, retry)
+            await execute(memo, obs, body, patch, actions)
+            if decide.wants(actions, CreateJob):
+                memo.note_started(obs.uid, obs.generation)
+        return
     with metrics.observed("follow"):
-        await follow_trainer(memo, observed(body, meta, status), body, patch, trainer_jobs, students_by_group)
+        await follow_trainer(memo, obs, body, patch, trainer_jobs, students_by_group)
 
 
 async def follow_trainer(ctx: OperatorContext, obs: Observed, body, patch, jobs_index, students_index) -> None:
@@ -291,10 +304,11 @@ async def follow_trainer(ctx: OperatorContext, obs: Observed, body, patch, jobs_
     await execute(ctx, obs, body, patch, actions)
 
 
-async def forget(meta, memo: OperatorContext, body, **_) -> None:
-    # The trainer Job and its pods go with the owner reference; our own caches go here.
-    metrics.set_phase(f"{meta['namespace']}/{meta['name']}", None)
-    forget_job(memo, meta["uid"], meta["namespace"], body, deleted=True)
+async def job_event(event, meta, memo: OperatorContext, body, **_) -> None:
+    """A deleted job: its trainer Job and pods go with the owner reference; our caches go here."""
+    if event.get("type") == "DELETED":
+        metrics.set_phase(f"{meta['namespace']}/{meta['name']}", None)
+        forget_job(memo, meta["uid"], meta["namespace"], body, deleted=True)
 
 
 # ----------------------------------------------------------------------------- StudentModel
@@ -381,15 +395,10 @@ def register(reg: kopf.OperatorRegistry, poll_interval_s: float) -> kopf.Operato
     kopf.index(GROUP, VERSION, STUDENTS, id="students_by_group", registry=reg)(students_by_group)
     kopf.index("batch", "v1", "jobs", id="trainer_jobs", registry=reg,
                labels={naming.LABEL_MANAGED_BY: naming.MANAGER, naming.LABEL_JOB: kopf.PRESENT})(trainer_jobs)
-    kopf.on.resume(GROUP, VERSION, JOBS, registry=reg)(reconcile)
-    kopf.on.create(GROUP, VERSION, JOBS, registry=reg)(reconcile)
-    kopf.on.update(GROUP, VERSION, JOBS, field="spec", registry=reg)(reconcile)
-    kopf.timer(GROUP, VERSION, JOBS, id="follow", interval=poll_interval_s, when=needs_following,
-               registry=reg)(follow)
-    # Not optional: kopf then puts its finalizer on a job at once and keeps it for the job's life,
-    # instead of adding it when following starts and removing it at the end (two more writes per
-    # job, and its JSON patch of the finalizer raced our first status patch: 422s).
-    kopf.on.delete(GROUP, VERSION, JOBS, id="forget", registry=reg)(forget)
+    # Only a timer and a watch handler: with no create/update/delete handlers kopf detects no
+    # changes on jobs, so it writes no annotations (one write less per job than create handlers).
+    kopf.timer(GROUP, VERSION, JOBS, id="tick", interval=poll_interval_s, when=has_work, registry=reg)(tick)
+    kopf.on.event(GROUP, VERSION, JOBS, id="job_event", registry=reg)(job_event)
     kopf.on.event(GROUP, VERSION, STUDENTS, id="student_event", registry=reg)(student_event)
     search_handlers.register(reg, poll_interval_s)
     return reg

@@ -169,10 +169,12 @@ def watched_view(job: Mapping) -> dict[str, Any]:
     """What following a trainer Job needs of it, in the same shape as the Job: the operator's index
     keeps this much per Job rather than whole Jobs (their pod templates carry the job document)."""
     meta = job["metadata"]
-    conditions = (job.get("status") or {}).get("conditions") or []
+    status = job.get("status") or {}
+    conditions = status.get("conditions") or []
     return {
         "metadata": {"name": meta["name"], "namespace": meta.get("namespace"), "uid": meta.get("uid")},
         "spec": {"suspend": (job.get("spec") or {}).get("suspend")},
         "status": {"conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message")}
-                                  for c in conditions]},
+                                  for c in conditions],
+                   "ready": status.get("ready")},
     }

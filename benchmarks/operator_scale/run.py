@@ -24,6 +24,11 @@ Run from the repository root (the control plane must be built: scripts/build-con
 so that the registry's frontier changes as students arrive; the default replays the recorded
 result unchanged (all students equal). After the last job is final, ``--idle S`` (default 65)
 more seconds measure what the idle operator keeps requesting (timers, resyncs).
+``--hold-pods`` pauses the node agent (SIGSTOP) from t0 until all N trainer Jobs exist, then lets
+it go (SIGCONT): the fake trainers are local processes on the same 2 cores as the control plane,
+and 200 of them starting while the Jobs are being created take most of the CPU (about 0.5 CPU-s
+each); in a cluster they run on the GPU nodes. Held, "all Jobs exist" measures the control plane
+and the operator alone; the Job controller still creates every pod meanwhile.
 ``--kopf-max-workers N`` is a what-if: the same operator with kopf's thread pool resized (see
 operator_launcher.py). The operator runs with its own defaults (poll interval 5 s, frontier
 resync 60 s), not the faster ones tests/cluster/operator_harness.py sets for tests. Results of
@@ -40,6 +45,7 @@ import os
 import platform
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -428,7 +434,8 @@ def operator_defaults() -> dict[str, str]:
 
 
 def run_one(n: int, *, poll_interval: float = 5.0, metrics: str = "recorded", timeout: float | None = None,
-            keep: Path | None = None, kopf_max_workers: int | None = None, idle_s: float = 0) -> dict[str, Any]:
+            keep: Path | None = None, kopf_max_workers: int | None = None, idle_s: float = 0,
+            hold_pods: bool = False) -> dict[str, Any]:
     """One measurement: fresh control plane, node agent, namespace and operator; N jobs at once."""
     from kubernetes import config as kconfig
     from tests.cluster.conftest import bring_up, wait_for
@@ -439,7 +446,7 @@ def run_one(n: int, *, poll_interval: float = 5.0, metrics: str = "recorded", ti
     op_token = secrets.token_hex(16)
     cp = agent = operator = None
     watchers: list[Watcher] = []
-    result: dict[str, Any] = {"n": n, "poll_interval_s": poll_interval, "metrics": metrics,
+    result: dict[str, Any] = {"n": n, "poll_interval_s": poll_interval, "metrics": metrics, "hold_pods": hold_pods,
                               "operator_env": operator_defaults(),
                               "kopf_max_workers": kopf_max_workers or f"kopf default (min(32, cores + 4) = {min(32, (os.cpu_count() or 1) + 4)})"}
     try:
@@ -505,6 +512,9 @@ def run_one(n: int, *, poll_interval: float = 5.0, metrics: str = "recorded", ti
         timeline: list[dict[str, Any]] = []
 
         # ---- t0
+        held = hold_pods
+        if held:
+            os.kill(agent.pid, signal.SIGSTOP)
         t0_wall = datetime.now(UTC)
         t0 = time.monotonic()
         cluster.kubectl("apply", "-n", namespace, "-f", manifest, timeout=900)
@@ -523,6 +533,11 @@ def run_one(n: int, *, poll_interval: float = 5.0, metrics: str = "recorded", ti
                 timeline.append({"t": round(now - t0, 1), "jobs": created, "complete": complete, "final": final,
                                  "rss_mib": round(rss / 1024, 1)})
                 next_sample = now + 1.0
+            if held and created >= n:
+                os.kill(agent.pid, signal.SIGCONT)
+                held = False
+                result["pods_released_s"] = round(now - t0, 1)
+                log(f"N={n}: all Jobs exist at {now - t0:.1f} s; node agent released")
             if final >= n:
                 break
             if operator.proc.poll() is not None:
@@ -640,6 +655,9 @@ def run_one(n: int, *, poll_interval: float = 5.0, metrics: str = "recorded", ti
         })
         return result
     finally:
+        if agent is not None and hold_pods:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(agent.pid, signal.SIGCONT)
         for w in watchers:
             w.stop.set()
         if operator is not None:
@@ -696,7 +714,10 @@ def markdown(report: dict[str, Any]) -> str:
         " one teacher, so all accepted students share one frontier group);"
         f" kopf sync-handler threads: {report['runs'][0].get('kopf_max_workers')}"
         + "".join(f"; `{k}={v}` (operator default)" for k, v in (report['runs'][0].get('operator_env') or {}).items()),
-        "- Times are from t0 = just before `kubectl apply`; requests are the operator's own (its static-token"
+        ("- Trainer pods held: the node agent was paused from t0 until all trainer Jobs existed (`--hold-pods`),"
+         " so no fake trainer competed for the cores while the Jobs were created.\n"
+         if report["runs"][0].get("hold_pods") else "")
+        + "- Times are from t0 = just before `kubectl apply`; requests are the operator's own (its static-token"
         " user `distillery-operator`, counted from the kube-apiserver audit log, level Metadata, that user only)"
         " from t0 until the registry settled; watches are counted apart.",
         "",
@@ -780,6 +801,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-logs", type=Path, help="copy the control plane / operator / agent logs here")
     parser.add_argument("--idle", type=float, default=65.0,
                         help="after all jobs are final, seconds to keep measuring the idle operator (default 65)")
+    parser.add_argument("--hold-pods", action="store_true",
+                        help="pause the node agent from t0 until all trainer Jobs exist (see the module doc)")
     parser.add_argument("--kopf-max-workers", type=int,
                         help="what-if: run the operator through operator_launcher.py with this many kopf threads")
     parser.add_argument("--render", type=Path, metavar="JSON",
@@ -805,7 +828,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     for n in ns:
         r = run_one(n, poll_interval=args.poll_interval, metrics=args.metrics, timeout=args.timeout,
-                    keep=args.keep_logs, kopf_max_workers=args.kopf_max_workers, idle_s=args.idle)
+                    keep=args.keep_logs, kopf_max_workers=args.kopf_max_workers, idle_s=args.idle,
+                    hold_pods=args.hold_pods)
         log(f"N={n}: all Jobs {r['time_to_all_jobs_s']} s, all final {r['time_to_all_final_s']} s, "
             f"{r['requests']['run']['non_watch_per_job']} requests/job, peak RSS {r['operator']['peak_rss_mib']} MiB")
         report["runs"].append(r)

@@ -157,7 +157,7 @@ def ensure_teacher(cache_dir: Path, settings: FinetuneSettings, train_rows, eval
         bc.log(f"reusing the fine-tuned teacher {out}")
         return out, json.loads(record_path.read_text()), True
     out.parent.mkdir(parents=True, exist_ok=True)
-    bc.log(f"fine-tuning MiniLM-L6 on {len(train_rows)} BBC articles -> {out}")
+    bc.log(f"fine-tuning MiniLM-L6 on {len(train_rows)} rows, {len(labels)} classes -> {out}")
     return out, finetune(out, settings, train_rows, eval_rows, labels), False
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -96,6 +95,29 @@ def heal(student: CausalLMNet, train: Encoded, targets, job, steps: int) -> floa
                                              job.spec.teacher.task, torch.device("cpu"),
                                              Checkpoints(store, "grid"), state, progress))
         return time.perf_counter() - started
+
+
+def aim_sentence(cells: list[dict]) -> str:
+    """Whether a cell meets the aim, else the nearest cells on each axis."""
+    aim = (f"Aim (issue 11): perplexity within {AIM_PERPLEXITY_RATIO}x of the teacher's at >= {AIM_SPEEDUP}x "
+           f"decode speed. ")
+    hits = [c for c in cells if c["ratio"] <= AIM_PERPLEXITY_RATIO and c["decode_speedup"] >= AIM_SPEEDUP]
+    if hits:
+        return aim + f"Met by {len(hits)} cell(s)."
+
+    def cell(c):
+        return (f"{c['dropped']} layers dropped by {c['metric']} after {c['steps']} steps: {c['ratio']:.2f}x the "
+                f"teacher's perplexity at {c['decode_speedup']:.2f}x decode")
+
+    fast = [c for c in cells if c["decode_speedup"] >= AIM_SPEEDUP]
+    nearest = min(cells, key=lambda c: (c["ratio"], -c["decode_speedup"]))
+    if fast:
+        return aim + (f"Not met within this CPU budget; the best cell at >= {AIM_SPEEDUP}x is "
+                      f"{cell(min(fast, key=lambda c: c['ratio']))}; the lowest perplexity is {cell(nearest)}.")
+    top = max(c["decode_speedup"] for c in cells)
+    best_fast = min((c for c in cells if c["decode_speedup"] == top), key=lambda c: c["ratio"])
+    return aim + (f"Not met within this CPU budget: no cell decodes {AIM_SPEEDUP}x faster (at most {top:.2f}x, "
+                  f"where the best is {cell(best_fast)}); the lowest perplexity is {cell(nearest)}.")
 
 
 def main(argv=None) -> int:
@@ -193,8 +215,6 @@ def main(argv=None) -> int:
     rows = [f"| {c['dropped']} ({c['dropped'] / 30:.0%}) | {c['metric']} | {c['steps']} | {c['perplexity']:.2f} | "
             f"{c['ratio']:.2f}x | {c['next_token']:.4f} | {c['agreement']:.4f} | {c['zero_shot']:.3f} | "
             f"{c['decode_speedup']:.2f}x | {c['layers']} |" for c in cells]
-    hits = [c for c in cells if c["ratio"] <= AIM_PERPLEXITY_RATIO and c["decode_speedup"] >= AIM_SPEEDUP]
-    best = min(cells, key=lambda c: (c["ratio"] if c["decode_speedup"] >= AIM_SPEEDUP else math.inf, -c["steps"]))
     lines = [
         f"# SmolLM2-135M depth pruning: drop ratio x metric x healing budget{' (quick)' if args.quick else ''}",
         "",
@@ -213,11 +233,7 @@ def main(argv=None) -> int:
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
         *rows,
         "",
-        f"Aim (issue 11): perplexity within {AIM_PERPLEXITY_RATIO}x of the teacher's at >= {AIM_SPEEDUP}x decode "
-        f"speed. " + (f"Met by {len(hits)} cell(s)." if hits else
-                     f"Not met within this CPU budget; the closest cell at >= {AIM_SPEEDUP}x is "
-                     f"{best['dropped']} layers dropped by {best['metric']} after {best['steps']} steps: "
-                     f"{best['ratio']:.2f}x the teacher's perplexity at {best['decode_speedup']:.2f}x."),
+        aim_sentence(cells),
         "",
         "Produced by `benchmarks/causal_lm/depth_grid.py " + " ".join(argv if argv is not None else sys.argv[1:])
         + "`.",

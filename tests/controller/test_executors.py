@@ -104,7 +104,7 @@ def test_tick_starts_once_while_the_watch_lags_then_follows(events, tmp_path):
 
     doc = digits_job_document(tmp_path / "ws", tmp_path / "out")
     body = {"apiVersion": doc["apiVersion"], "kind": doc["kind"], "spec": doc["spec"]}
-    meta = {"name": "a", "namespace": "ns", "uid": "uid-a", "generation": 1}
+    meta = {"name": "a", "namespace": "ns", "uid": "uid-a", "generation": 1, "finalizers": ["distillery.io/finalizer"]}
     kube = FakeKube()
     ctx = handlers.context_for(Settings(), [], kube=kube)
 

@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 
 JOBS = "distillationjobs"
 STUDENTS = "studentmodels"
+# How long a job's first tick waits for kopf's finalizer to show in the live body (it is added
+# while the tick starts; a status write before then makes kopf's resourceVersion-tested
+# finalizer patch fail with 422 and be retried). Within a second normally; bounded under load.
+FINALIZER_WAIT_S = 3.0
 # How long a tick waits for the store read it just started: a healthy store answers well within
 # it (so a finished job is recorded on the same tick), a hanging one costs the tick only this.
 STORE_WAIT_S = 1.0
@@ -242,6 +246,15 @@ def has_work(status, meta, **_) -> bool:
     return not (status.get("observedGeneration") == meta.get("generation") and status.get("phase") in decide.FINAL)
 
 
+async def finalizer_in_place(meta, finalizer: str, wait_s: float = FINALIZER_WAIT_S) -> None:
+    """Wait (bounded) until kopf's finalizer shows in `meta`, a live view of the job that kopf
+    updates from the watch while the handler runs."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while finalizer not in (meta.get("finalizers") or ()) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+
+
 def not_started(obs: Observed) -> bool:
     return obs.status.get("observedGeneration") != obs.generation or not obs.status.get("trainerJob")
 
@@ -255,6 +268,7 @@ async def tick(body, meta, status, patch, retry, memo: OperatorContext, trainer_
     if not_started(obs):
         if memo.started_recently(obs.uid, obs.generation):
             return  # started by an earlier tick; the watch has not brought that status back yet
+        await finalizer_in_place(meta, memo.settings.finalizer)
         with metrics.observed("reconcile"):
             actions = await start_actions(memo, obs, retry)
             await execute(memo, obs, body, patch, actions)

@@ -56,6 +56,10 @@ _TMP_SUFFIX = ".distillery-tmp"
 _CHUNK = 1 << 20
 
 
+class ConditionalWritesUnsupported(Exception):
+    """The S3-compatible store refused a conditional PUT as not implemented."""
+
+
 class StoreError(RuntimeError):
     """A store operation failed. The message names the full URI, never any credentials."""
 
@@ -600,6 +604,39 @@ class S3Store(Store):
     def delete(self, key: str) -> None:
         with self._errors(self.uri_for(key)):
             self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    # --- conditional writes: what a lease on an output folder is built from ------------------
+    def put_if(self, key: str, data: bytes, *, absent: bool = False, etag: str | None = None) -> str | None:
+        """One PUT that happens only if no object is at `key` (`absent`, If-None-Match: *) or the
+        object there still has `etag` (If-Match): the new ETag, or None when the condition failed.
+        ConditionalWritesUnsupported when the store does not implement them."""
+        from botocore.exceptions import ClientError
+
+        condition = {"IfNoneMatch": "*"} if absent else {"IfMatch": etag}
+        with self._errors(self.uri_for(key)):
+            try:
+                resp = self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+            except ClientError as e:
+                code = _error_code(e)
+                if code in ("PreconditionFailed", "ConditionalRequestConflict") or _http_status(e) in (409, 412):
+                    return None
+                if code == "NotImplemented" or _http_status(e) == 501:
+                    raise ConditionalWritesUnsupported(self.host) from None
+                raise
+        return resp.get("ETag")
+
+    def read_with_etag(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and ETag; None when there is none."""
+        from botocore.exceptions import ClientError
+
+        with self._errors(self.uri_for(key)):
+            try:
+                resp = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+            except ClientError as e:
+                if _error_code(e) in _NOT_FOUND:
+                    return None
+                raise
+            return resp["Body"].read(), resp["ETag"]
 
     def delete_prefix(self, prefix: str) -> None:
         keys = list(self._iter_keys(prefix))

@@ -24,10 +24,9 @@ Opening refuses (InputError, exit 2): a non-empty folder without the marker, unl
 ``allow_nonempty`` (``--allow-nonempty-output``); a folder holding a file at a name Distillery
 writes (``README.md``, ``metrics.json``, ...) or inside the student folder ``model/`` that the
 marker does not list, always (it would be overwritten, or mixed into the student); an unwritable local folder; and, for local folders, a folder another run is using:
-the run holds ``fcntl.flock`` on ``.distillery-output.lock`` (with its pid inside) until it ends.
-S3 has no lock: a lock needs an atomic create-if-absent, which S3 offers only through
-conditional writes that not every S3-compatible store implements, so two runs on one s3://
-output are not prevented (in the cluster one job generation has one trainer Job).
+the run holds ``fcntl.flock`` on ``.distillery-output.lock`` (with its pid inside) until it ends;
+on S3 the same name is a lease made of conditional writes (output_lease.py): a second live run is
+refused, a run killed without releasing it holds it back at most LEASE_S.
 """
 
 from __future__ import annotations
@@ -42,7 +41,8 @@ from pathlib import Path
 
 from distillery.api.job import DistillationJob
 from distillery.api.result import RESULT_KEY
-from distillery.store import Store, StoreError, open_store
+from distillery.store import S3Store, Store, StoreError, open_store
+from distillery_trainer import output_lease
 from distillery_trainer.errors import InputError
 
 MARKER = ".distillery-output.json"
@@ -72,12 +72,14 @@ def _is_student_file(key: str) -> bool:
 class OwnedStore(Store):
     """The output store, seen through the list of keys Distillery wrote there."""
 
-    def __init__(self, inner: Store, owned: set[str], lock_fd: int | None = None):
+    def __init__(self, inner: Store, owned: set[str], lock_fd: int | None = None,
+                 lease: output_lease.Lease | None = None):
         self.inner = inner
         self.root_uri = inner.root_uri
         self.owned = set(owned)
         self.written: set[str] = set()  # keys written by this run
         self._lock_fd = lock_fd
+        self._lease = lease
         self._mutex = threading.Lock()
 
     # --- bookkeeping ------------------------------------------------------------------------
@@ -89,6 +91,9 @@ class OwnedStore(Store):
 
     def _claim(self, key: str) -> str:
         key = _norm(key)
+        if self._lease is not None and self._lease.lost:
+            raise InputError(f"output.uri: {self.root_uri} was taken over by another run while this one could not "
+                             "renew its lease; stopping rather than mixing two runs' files")
         with self._mutex:
             self.written.add(key)
             if key not in self.owned and key not in _BOOKKEEPING:
@@ -123,7 +128,10 @@ class OwnedStore(Store):
             self._release(stale)
 
     def close(self) -> None:
-        """Releases the lock (the process's exit releases it too)."""
+        """Releases the lock (the process's exit releases a local one too; an S3 lease expires)."""
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -261,10 +269,11 @@ def open_output(job: DistillationJob, *, allow_nonempty: bool = False) -> OwnedS
     # Checked before the lock file is created, so a refused folder is left exactly as it was.
     check_ownership(inner, read_marker(inner), allow_nonempty)
     fd = lock_local(folder, uri) if folder is not None else None
+    lease = output_lease.acquire(inner, LOCK, uri) if isinstance(inner, S3Store) else None
     try:
         owned = read_marker(inner)  # again, under the lock: another run may have just finished
         check_ownership(inner, owned, allow_nonempty)
-        store = OwnedStore(inner, owned or set(), fd)
+        store = OwnedStore(inner, owned or set(), fd, lease)
         try:
             store._save_marker()  # also proves the folder writable before any heavy work
         except StoreError as err:
@@ -275,4 +284,6 @@ def open_output(job: DistillationJob, *, allow_nonempty: bool = False) -> OwnedS
     except BaseException:
         if fd is not None:
             os.close(fd)
+        if lease is not None:
+            lease.release()
         raise

@@ -40,6 +40,10 @@ def trainer_env(job: DistillationJob, settings: Settings) -> list[dict[str, Any]
     env: list[dict[str, Any]] = [
         {"name": "DISTILLERY_JOB", "value": json.dumps(document, separators=(",", ":"))},
         {"name": "DISTILLERY_REJECTED_EXIT_CODE", "value": "0"},  # a rejected student is a finished run
+        # The S3 output's lease holder: a retried pod of this generation takes its own lease over
+        # at once instead of waiting for it to expire (output_lease.py).
+        {"name": "DISTILLERY_OUTPUT_HOLDER",
+         "value": f"{job.metadata.namespace}/{job.metadata.name} generation {job.metadata.generation or 1}"},
         {"name": "HOME", "value": WORK_DIR},
         {"name": "TMPDIR", "value": WORK_DIR},
         {"name": "PYTHONUNBUFFERED", "value": "1"},

@@ -330,6 +330,9 @@ def assert_least_privilege(rules) -> None:
     assert not allowed(rules, "distillery.io", "studentmodels", "patch")  # only their status
     assert not allowed(rules, "", "pods", "create")
     assert not allowed(rules, "", "secrets", "list")
+    # A multi-worker job's headless Service: created, then left to the garbage collector.
+    assert allowed(rules, "", "services", "create")
+    assert not allowed(rules, "", "services", "delete") and not allowed(rules, "", "services", "patch")
 
 
 def test_cluster_wide_rbac_is_least_privilege(default_docs):

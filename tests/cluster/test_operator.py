@@ -253,6 +253,23 @@ def test_queue_name_makes_a_suspended_kueue_job(control_plane, namespace, operat
     assert condition(dj(control_plane, namespace, "queued"), "Succeeded")["reason"] == "Queued"
 
 
+def test_workers_make_an_indexed_job_behind_a_headless_service(control_plane, namespace, operator,
+                                                                 digits_workspace, tmp_path):
+    """The API server accepts what the operator builds for resources.workers: 2 (the pods run on
+    the real node in tests/e2e; here the Job stays queued, so no pod starts)."""
+    doc = job_document(digits_workspace, tmp_path / "o", "pair", queueName="team-a", resources={"workers": 2})
+    apply(control_plane, namespace, doc)
+    job = wait_for(lambda: trainer_jobs(control_plane, namespace, "pair"), 180, "the Job")[0]
+    assert (job["spec"]["completionMode"], job["spec"]["completions"], job["spec"]["parallelism"]) == ("Indexed", 2, 2)
+    assert job["spec"]["template"]["spec"]["subdomain"] == "distill-pair-workers"
+    service = get(control_plane, namespace, "service", "distill-pair-workers")
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    owner = dj(control_plane, namespace, "pair")
+    assert service["metadata"]["ownerReferences"][0]["uid"] == owner["metadata"]["uid"]
+    assert wait_for(lambda: (dj(control_plane, namespace, "pair").get("status") or {}).get("worldSize"), 60,
+                    "status.worldSize") == 2
+
+
 def student_model(name: str, accuracy: float, latency: float, size: int, group: str = "g1") -> dict:
     return {
         "apiVersion": "distillery.io/v1alpha1", "kind": "StudentModel",

@@ -18,6 +18,7 @@ from distillery.api.result import TrainerResult
 from distillery.controller import decide, naming, registry
 from distillery.controller.decide import (
     CreateJob,
+    CreateService,
     DeleteJob,
     Event,
     ForgetStore,
@@ -111,6 +112,16 @@ def test_start_creates_the_trainer_job_and_records_it(tmp_path):
 def test_start_again_only_makes_sure_the_job_exists(tmp_path):
     doc = document(tmp_path)
     assert kinds(decide.decide_start(started(doc), SETTINGS, None, [])) == ["CreateJob"]  # 409 is success
+
+
+def test_several_workers_get_their_service_before_their_job(tmp_path):
+    doc = document(tmp_path, resources={"workers": 2})
+    actions = decide.decide_start(obs_of(doc), SETTINGS, None, [])
+    assert kinds(actions) == ["CreateService", "CreateJob", "PatchStatus"]
+    assert actions[0].manifest["metadata"]["name"] == "distill-a-workers"
+    assert status_of(actions)["worldSize"] == 2
+    # Restart-safe: a second look makes sure of both again (a 409 is success).
+    assert kinds(decide.decide_start(started(doc), SETTINGS, None, [])) == ["CreateService", "CreateJob"]
 
 
 def test_a_finished_generation_is_left_alone(tmp_path):
@@ -393,5 +404,5 @@ def test_fail_recognises_oom_and_deadlines(tmp_path):
 
 def test_actions_are_plain_values():
     # Executors match on these types; a typo in a new branch would be a silent no-op otherwise.
-    assert {CreateJob, DeleteJob, PatchStatus, RegisterStudent, Event, ReadStore, ForgetStore, Retry} == set(
+    assert {CreateService, CreateJob, DeleteJob, PatchStatus, RegisterStudent, Event, ReadStore, ForgetStore, Retry} == set(
         decide.Action.__args__)

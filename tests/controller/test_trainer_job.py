@@ -3,9 +3,9 @@
 import json
 
 from distillery.api import load_job
-from distillery.controller.naming import trainer_job_name
+from distillery.controller.naming import trainer_job_name, worker_service_name
 from distillery.controller.settings import Settings
-from distillery.controller.trainer_job import build_trainer_job
+from distillery.controller.trainer_job import build_trainer_job, build_worker_service
 
 BASE = {"apiVersion": "distillery.io/v1alpha1", "kind": "DistillationJob",
         "metadata": {"name": "news", "namespace": "ml", "generation": 2},
@@ -86,3 +86,52 @@ def test_work_dir_has_the_settings_size_limit():
         assert pod["volumes"] == [{"name": "work", "emptyDir": {"sizeLimit": limit}}]
         # Still the restricted pod: the size limit adds no privilege.
         assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_one_process_job_is_unchanged_by_the_distributed_fields():
+    job = build()
+    assert "completionMode" not in job["spec"] and "subdomain" not in job["spec"]["template"]["spec"]
+    assert not [name for name in env_of(job) if name.startswith("DISTILLERY_NPROC") or name.startswith("DISTILLERY_RDZV")]
+    assert build_worker_service(load_job(BASE), "uid-7") is None
+
+
+def test_several_workers_are_an_indexed_job_behind_a_headless_service():
+    job = build(resources={"workers": 3, "gpus": 2})
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 3, 3)
+    assert pod["subdomain"] == "distill-news-workers"
+    env = env_of(job)
+    assert env["DISTILLERY_NNODES"]["value"] == "3" and env["DISTILLERY_NPROC_PER_NODE"]["value"] == "2"
+    # Worker 0's stable name: <trainer job>-<index>.<service>, resolvable in the namespace.
+    assert env["DISTILLERY_RDZV_ENDPOINT"]["value"] == "distill-news-g2-0.distill-news-workers:29400"
+    assert env["DISTILLERY_RDZV_ID"]["value"] == "uid-7-g2"
+    doc = json.loads(json.dumps(BASE))
+    doc["spec"]["resources"] = {"workers": 3}
+    service = build_worker_service(load_job(doc), "uid-7")
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    # It selects this job's trainer pods, whose labels the Job's template carries.
+    assert service["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    assert service["metadata"]["ownerReferences"] == job["metadata"]["ownerReferences"]
+
+
+def test_one_pod_with_several_processes_needs_no_service():
+    job = build(resources={"processesPerWorker": 2})
+    env = env_of(job)
+    assert env["DISTILLERY_NPROC_PER_NODE"]["value"] == "2" and env["DISTILLERY_NNODES"]["value"] == "1"
+    assert "DISTILLERY_RDZV_ENDPOINT" not in env and "completionMode" not in job["spec"]
+
+
+def test_a_process_per_gpu_at_most():
+    import pytest
+
+    from distillery.api import SpecError
+
+    doc = json.loads(json.dumps(BASE))
+    doc["spec"]["resources"] = {"gpus": 1, "processesPerWorker": 2}
+    with pytest.raises(SpecError, match="processesPerWorker cannot exceed gpus"):
+        load_job(doc)
+
+
+def test_worker_service_name_is_a_dns_label():
+    long = worker_service_name("x" * 80)
+    assert len(long) <= 63 and long.endswith("-workers") and long != worker_service_name("x" * 79 + "y")

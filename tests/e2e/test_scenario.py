@@ -12,7 +12,8 @@ One cluster, one install, tests in order (each builds on the state the previous 
 3. The operator pod is deleted mid-training (its replacement carries on: one trainer Job, result
    kept), and a trainer pod is deleted mid-training (the retried pod resumes from its checkpoint).
 4. A DistillationSearch of two digits students: both trials run as trainer pods at once and the
-   best becomes the search's StudentModel.
+   best becomes the search's StudentModel. A job with two workers runs as two pods that
+   rendezvous by DNS (torchrun, gloo) and make one student.
 5. `helm upgrade` with a changed value rolls the operator; `helm uninstall` leaves the CRDs and the
    StudentModels.
 
@@ -507,6 +508,30 @@ def test_search_runs_its_trials_as_trainer_pods_and_registers_the_best(stack: St
     assert status["studentModel"] == best["studentModel"]
     student = c.get("studentmodel", status["studentModel"], "-n", JOBS_NS)
     assert student["spec"]["recipe"]["keepLayers"] == rows[status["bestTrial"]]["params"]["keepLayers"]
+
+
+def test_two_workers_rendezvous_by_dns_and_make_one_student(stack: Stack):
+    """resources.workers: 2: an Indexed Job of two trainer pods behind a headless Service; torchrun
+    in each pod meets the other at worker 0's DNS name, they train data-parallel (gloo), and the
+    job ends with one result and one StudentModel."""
+    c = stack.cluster
+    c.apply(digits_job("workers", resources={"workers": 2}))
+    status = stack.wait_final("workers")
+    assert status["phase"] == "Succeeded" and status["accepted"] is True, stack.explain("workers")
+    [job] = stack.trainer_jobs("workers")
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2
+    pods = stack.trainer_pods("workers")
+    assert len(pods) == 2 and all(p["status"]["phase"] == "Succeeded" for p in pods), stack.explain("workers")
+    service = c.get("service", "distill-workers-workers", "-n", JOBS_NS)
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["metadata"]["ownerReferences"][0]["name"] == "workers"
+    logs = "".join(c.kubectl("logs", "-n", JOBS_NS, p["metadata"]["name"]).stdout for p in pods)
+    assert logs.count("starting torchrun --nproc-per-node=1 --nnodes=2") == 2, logs[-3000:]
+    result = stack.result("workers")
+    assert result["training"]["worldSize"] == 2 and result["training"]["steps"] == 4 * 22
+    students = [m for m in c.get("studentmodels", "-n", JOBS_NS)["items"]
+                if m["metadata"]["name"] == status["studentModel"]]
+    assert len(students) == 1
 
 
 def test_helm_upgrade_rolls_the_operator(stack: Stack):

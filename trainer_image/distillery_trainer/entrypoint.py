@@ -132,11 +132,23 @@ def run_job(job, *, restart: bool = False, allow_nonempty_output: bool = False,
                              termination_path)
             traceback.print_exc()  # an unexpected failure is a bug: keep what is needed to fix it
             return _fail(EXIT_ERROR, type(err).__name__, f"{type(err).__name__}: {err}", termination_path)
+    if result is None:  # a rank other than 0 of a distributed run: it trained its share; rank 0 reports
+        return 0, None
     _write_termination(result.termination_message(), termination_path)
     return result.exit_code, result
 
 
 def main(argv: list[str] | None = None) -> int:
+    from distillery_trainer import launch
+
+    if launch.wanted(os.environ):  # several processes asked for: this process starts torchrun
+        return launch.launch(sys.argv[1:] if argv is None else argv)
+    code = run_from_args(argv)
+    launch.record_exit(code)
+    return code
+
+
+def run_from_args(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="distillery-trainer", description=__doc__.splitlines()[0])
     parser.add_argument("--spec", help="DistillationJob YAML file (default: $DISTILLERY_JOB)")
     parser.add_argument("--restart", action="store_true", help="discard checkpoints and start over")

@@ -16,14 +16,15 @@ import torch
 from distillery.api.job import DistillationJob
 from distillery.api.result import RESULT_KEY, TrainerResult
 from distillery.fingerprint import spec_hash, training_fingerprint
-from distillery_trainer import preflight
+from distillery.store import Store, open_store
+from distillery_trainer import distributed, preflight, stages, training
 from distillery_trainer.output_dir import open_output
 from distillery_trainer.progress import Progress
 from distillery_trainer.run_context import RunContext
 from distillery_trainer.stages import EVAL_BATCH, STAGES, now, onnx_parameter_count, stages_for
 from distillery_trainer.tasks import for_task
 
-__all__ = ["EVAL_BATCH", "STAGES", "onnx_parameter_count", "pick_device", "run"]
+__all__ = ["EVAL_BATCH", "STAGES", "onnx_parameter_count", "pick_device", "run", "run_main"]
 
 
 def pick_device() -> torch.device:
@@ -39,7 +40,28 @@ def discard_previous_run(store) -> None:
 
 
 def run(job: DistillationJob, *, restart: bool = False, progress: Progress | None = None,
-        allow_nonempty_output: bool = False) -> TrainerResult:
+        allow_nonempty_output: bool = False) -> TrainerResult | None:
+    """The run's result; None on the ranks other than 0 of a distributed run (distributed.py),
+    whose only part is training."""
+    world = distributed.world_from_env()
+    if not world.distributed:
+        return run_main(job, restart=restart, progress=progress, allow_nonempty_output=allow_nonempty_output)
+    preflight.check_spec(job)  # every rank: bad input fails each rank the same way, before any wait
+    device = distributed.device_for(world)
+    with distributed.process_group(world, device):
+        signal = distributed.StudentSignal(world, device)
+        if not world.main:
+            return run_worker(job, world, device, signal)
+        try:
+            return run_main(job, restart=restart, progress=progress, allow_nonempty_output=allow_nonempty_output,
+                            world=world, device=device, signal=signal)
+        finally:
+            signal.send(go=False)  # releases the other ranks when rank 0 ended before training
+
+
+def run_main(job: DistillationJob, *, restart: bool = False, progress: Progress | None = None,
+             allow_nonempty_output: bool = False, world: distributed.World = distributed.SINGLE,
+             device: torch.device | None = None, signal: distributed.StudentSignal | None = None) -> TrainerResult:
     spec = job.spec
     preflight.check_spec(job)
     started = now()
@@ -52,10 +74,12 @@ def run(job: DistillationJob, *, restart: bool = False, progress: Progress | Non
         torch.manual_seed(spec.distillation.seed)
         work = Path(tempfile.mkdtemp(prefix="distillery-"))
         try:
-            ctx = RunContext(job=job, store=store, progress=progress, device=pick_device(), work=work,
+            ctx = RunContext(job=job, store=store, progress=progress, device=device or pick_device(), work=work,
                              task=for_task(spec.teacher.task), fingerprint=training_fingerprint(spec),
-                             spec_hash=spec_hash(spec), started=started, restart=restart)
+                             spec_hash=spec_hash(spec), started=started, restart=restart, world=world)
             for stage in stages_for(ctx.task):
+                if stage is stages.train and signal is not None:
+                    share_student(ctx, signal)
                 stage(ctx)
                 if ctx.result is not None:
                     break
@@ -65,3 +89,69 @@ def run(job: DistillationJob, *, restart: bool = False, progress: Progress | Non
         return ctx.result
     finally:
         store.close()
+
+
+def share_student(ctx: RunContext, signal: distributed.StudentSignal) -> None:
+    """Rank 0, before training: the student as a checkpoint the other ranks resume from (the
+    run's own when it resumed, else one at step 0), then GO; DONE when training is over."""
+    if ctx.state.finished:
+        signal.send(go=False)
+        return
+    if ctx.resume_payload is None:
+        ctx.resume_payload = training.fresh_payload(ctx.student, ctx.spec.distillation, len(ctx.train_data))
+        ctx.checkpoints.save(ctx.state, ctx.student.state_dict(), ctx.resume_payload)
+    signal.send(go=True)
+
+
+def run_worker(job: DistillationJob, world: distributed.World, device: torch.device,
+               signal: distributed.StudentSignal) -> None:
+    """A rank other than 0: the same inputs, then rank 0's student and teacher outputs read back
+    from the store, then training on its share of every batch. It writes nothing."""
+    spec = job.spec
+    store = ReadOnlyStore(open_store(spec.output.uri, endpoint=spec.output.endpoint, region=spec.output.region),
+                          world.rank)
+    work = Path(tempfile.mkdtemp(prefix=f"distillery-rank{world.rank}-"))
+    try:
+        ctx = RunContext(job=job, store=store, progress=QuietProgress(), device=device, work=work,
+                         task=for_task(spec.teacher.task), fingerprint=training_fingerprint(spec),
+                         spec_hash=spec_hash(spec), started=now(), world=world)
+        stages.read_inputs(ctx)
+        if not signal.wait():
+            return None
+        stages.find_checkpoint(ctx)
+        if ctx.state is None:
+            raise RuntimeError(f"rank {world.rank}: rank 0 said GO but left no checkpoint in "
+                               f"{store.uri_for('checkpoints/')} to start from")
+        stages.teacher_outputs(ctx)
+        stages.select_layers(ctx)
+        if ctx.resume_payload is None:
+            raise RuntimeError(f"rank {world.rank}: the checkpoint rank 0 wrote does not load")
+        stages.train(ctx)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return None
+
+
+class QuietProgress(Progress):
+    """The other ranks report nothing: rank 0 speaks for the run."""
+
+    def __init__(self):
+        super().__init__(None, show_bar=False)
+
+    def stage(self, name: str, message: str = "") -> None:
+        self.stage_name = name
+
+    def log(self, message: str) -> None:
+        pass
+
+
+class ReadOnlyStore:
+    """The output store as the other ranks see it: read, never written (rank 0 owns the output)."""
+
+    def __init__(self, inner: Store, rank: int):
+        self._inner, self._rank = inner, rank
+
+    def __getattr__(self, name: str):
+        if name in ("write_bytes", "upload_file", "delete", "delete_prefix", "put_if"):
+            raise AttributeError(f"rank {self._rank} tried to {name} the output store: only rank 0 writes (a bug)")
+        return getattr(self._inner, name)

@@ -75,6 +75,12 @@ def now() -> str:
 
 def load(ctx: RunContext) -> None:
     """Fetch and check the inputs, encode both splits once, and find a checkpoint to resume."""
+    read_inputs(ctx)
+    find_checkpoint(ctx)
+
+
+def read_inputs(ctx: RunContext) -> None:
+    """Fetch and check the inputs and encode both splits once."""
     spec = ctx.spec
     providers_for(spec.targets.hardware)  # fail now, not after training, when the hardware cannot be measured
     ctx.progress.stage("loading", f"teacher {spec.teacher.uri}")
@@ -92,7 +98,13 @@ def load(ctx: RunContext) -> None:
         ctx.previous_eval = encode_split(ctx.inputs.previous_eval, ctx.inputs, ctx.job)
         ctx.digests = ctx.digests.model_copy(update={"previous": [
             teacher_cache.encoded_digest(ctx.previous_train), teacher_cache.encoded_digest(ctx.previous_eval)]})
-    ctx.progress.log(f"{len(ctx.train_data)} train rows, {len(ctx.eval_data)} eval rows, device {ctx.device.type}")
+    ctx.progress.log(f"{len(ctx.train_data)} train rows, {len(ctx.eval_data)} eval rows, device {ctx.device.type}"
+                     + (f", {ctx.world.size} processes" if ctx.world.distributed else ""))
+
+
+def find_checkpoint(ctx: RunContext) -> None:
+    """The newest checkpoint of this spec on these very inputs, or None (one log line when one
+    is there but does not fit)."""
     ctx.checkpoints = Checkpoints(ctx.store, ctx.fingerprint)
     try:
         ctx.state = ctx.checkpoints.latest()
@@ -375,7 +387,7 @@ def train(ctx: RunContext) -> None:
         soft_labels = ctx.ensemble.soft_train if ctx.ensemble is not None else ctx.teacher.train
         training.train(training.TrainContext(ctx.student, ctx.train_data, soft_labels, d, ctx.spec.teacher.task,
                                              ctx.device, ctx.checkpoints, ctx.state, ctx.progress, teacher_net,
-                                             penalty=ctx.ewc),
+                                             penalty=ctx.ewc, world=ctx.world),
                        ctx.resume_payload)
         if teacher_net is not None:
             teacher_net.cpu()
@@ -575,7 +587,8 @@ def build_result(ctx: RunContext) -> TrainerResult:
         artifacts=publish.artifact_uris(ctx.store, spec, ctx.exported.int8_onnx is not None),
         training=TrainingSummary(epochs=spec.distillation.epochs, steps=state.global_step,
                                  seconds=round(ctx.train_seconds, 2), device=ctx.device.type,
-                                 history=state.history, resumed_from_step=ctx.resumed_from),
+                                 history=state.history, resumed_from_step=ctx.resumed_from,
+                                 world_size=ctx.world.size),
         onnx_max_abs_diff=round(ctx.exported.onnx_max_abs_diff, 8), inputs=ctx.digests, ensemble=ctx.ensemble_report,
         incremental=ctx.incremental_report, vocabulary=ctx.vocabulary,
         start_time=ctx.started, completion_time=now(),

@@ -10,6 +10,7 @@ import torch
 
 from distillery.api.job import Distillation, Task
 from distillery_trainer.checkpoint import Checkpoints, CheckpointState, CorruptCheckpoint
+from distillery_trainer.distributed import SINGLE, World, forward_for, mean_over_ranks, shard
 from distillery_trainer.encode import Encoded
 from distillery_trainer.errors import NonFiniteError
 from distillery_trainer.incremental import EwcPenalty
@@ -40,6 +41,8 @@ class TrainContext:
     teacher_net: Net | None = None
     # Incremental runs with EWC: a term added to every step's loss.
     penalty: EwcPenalty | None = None
+    # Under torchrun: this process's rank; only rank 0 writes checkpoints (distributed.py).
+    world: World = SINGLE
 
 
 def linear_warmup_decay(total_steps: int, warmup_ratio: float):
@@ -69,13 +72,13 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
-def step_loss(ctx: TrainContext, batch: dict, index: torch.Tensor) -> torch.Tensor:
+def step_loss(ctx: TrainContext, batch: dict, index: torch.Tensor, forward=None) -> torch.Tensor:
     if ctx.teacher_net is not None:
         with torch.no_grad():
             teacher = TeacherOutputs(ctx.teacher_net.outputs(batch).logits.float(), None)
     else:
         teacher = ctx.teacher.rows(index).to(ctx.device)
-    out = ctx.student.outputs(batch)
+    out = (forward or ctx.student.outputs)(batch)
     labels = None if ctx.data.labels is None else ctx.data.labels[index].to(ctx.device)
     return for_task(ctx.task).loss(out, teacher, labels, ctx.spec, batch)
 
@@ -147,17 +150,36 @@ def check_weights_finite(student: Net, state: CheckpointState) -> None:
                 "check the inputs (features contain NaN/inf?) and the learning rate")
 
 
+def step_counts(rows: int, spec: Distillation) -> tuple[int, int]:
+    """(steps per epoch, total steps) for `rows` training rows: one step per global batch."""
+    steps_per_epoch = math.ceil(rows / spec.batch_size)
+    return steps_per_epoch, max(1, steps_per_epoch * spec.epochs)
+
+
+def make_optimizer(student: Net, spec: Distillation, rows: int, device: torch.device):
+    """The optimizer and its learning-rate schedule for a run over `rows` training rows."""
+    optimizer = build_optimizer(student, spec, device)
+    total_steps = step_counts(rows, spec)[1]
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(total_steps, spec.warmup_ratio))
+
+
+def fresh_payload(student: Net, spec: Distillation, rows: int) -> dict:
+    """The optimizer, scheduler and random state of a run about to take its first step, as a
+    checkpoint holds them (the other ranks of a distributed run start from it)."""
+    optimizer, scheduler = make_optimizer(student, spec, rows, torch.device("cpu"))
+    torch.manual_seed(spec.seed)
+    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
+
+
 def train(ctx: TrainContext, resume_payload: dict | None = None) -> list[dict]:
     """Runs the remaining epochs; returns per-epoch history (mean loss)."""
-    spec, state, student = ctx.spec, ctx.state, ctx.student
+    spec, state, student, world = ctx.spec, ctx.state, ctx.student, ctx.world
     n = len(ctx.data)
-    steps_per_epoch = math.ceil(n / spec.batch_size)
-    total_steps = max(1, steps_per_epoch * spec.epochs)
+    steps_per_epoch, total_steps = step_counts(n, spec)
     student.to(ctx.device)
     if ctx.teacher_net is not None:
         ctx.teacher_net.to(ctx.device).eval()
-    optimizer = build_optimizer(student, spec, ctx.device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(total_steps, spec.warmup_ratio))
+    optimizer, scheduler = make_optimizer(student, spec, n, ctx.device)
     if resume_payload is not None:
         optimizer.load_state_dict(resume_payload["optimizer"])
         scheduler.load_state_dict(resume_payload["scheduler"])
@@ -165,6 +187,7 @@ def train(ctx: TrainContext, resume_payload: dict | None = None) -> list[dict]:
     else:
         torch.manual_seed(spec.seed)
 
+    forward = forward_for(student, world, ctx.device)
     last_save = time.monotonic()
     watch = LossWatch(ctx.device)
     penalty = None if ctx.penalty is None else ctx.penalty.to(ctx.device)
@@ -174,9 +197,10 @@ def train(ctx: TrainContext, resume_payload: dict | None = None) -> list[dict]:
         # Never write a checkpoint of weights a bad step has spoilt: a resume would inherit them.
         watch.check(steps_per_epoch)
         check_weights_finite(student, state)
-        payload = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                   "rng": torch.get_rng_state()}
-        ctx.checkpoints.save(state, student.state_dict(), payload)
+        if world.main:
+            payload = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                       "rng": torch.get_rng_state()}
+            ctx.checkpoints.save(state, student.state_dict(), payload)
         last_save = time.monotonic()
 
     def checkpoint_due() -> bool:
@@ -195,10 +219,10 @@ def train(ctx: TrainContext, resume_payload: dict | None = None) -> list[dict]:
         loss_sum = torch.zeros((), device=ctx.device)
         steps = 0
         for step in range(state.step_in_epoch, steps_per_epoch):
-            index = order[step * spec.batch_size:(step + 1) * spec.batch_size]
+            index, weight = shard(order[step * spec.batch_size:(step + 1) * spec.batch_size], world)
             batch = ctx.data.batch(index, ctx.device)
             with autocast(ctx.device):
-                loss = step_loss(ctx, batch, index)
+                loss = step_loss(ctx, batch, index, forward) * weight
             if penalty is not None:
                 loss = loss + penalty(student)
             optimizer.zero_grad(set_to_none=True)
@@ -218,7 +242,7 @@ def train(ctx: TrainContext, resume_payload: dict | None = None) -> list[dict]:
             if state.step_in_epoch < steps_per_epoch and checkpoint_due():
                 save()
         watch.check(steps_per_epoch)
-        mean_loss = float(loss_sum) / max(1, steps)
+        mean_loss = float(mean_over_ranks(loss_sum, world)) / max(1, steps)
         history.append({"epoch": epoch + 1, "loss": round(mean_loss, 6), "steps": steps})
         ctx.progress.log(f"epoch {epoch + 1}/{spec.epochs}: mean loss {mean_loss:.4f}")
         state.epoch, state.step_in_epoch, state.history = epoch + 1, 0, history

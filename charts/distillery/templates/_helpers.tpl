@@ -112,6 +112,11 @@ under distillery.io/ and its finalizer; results go to the /status subresource).
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["create", "get", "list", "watch", "delete"]
+# A job with several workers gets a headless Service for its pods' DNS names (create only: it is
+# owned by the DistillationJob, and the garbage collector deletes it with the job).
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["create"]
 # The trainer pods' termination messages (why a run failed).
 - apiGroups: [""]
   resources: ["pods"]

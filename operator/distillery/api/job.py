@@ -492,13 +492,45 @@ def _quantity_field(what: str, examples: str) -> Any:
 
 
 class Resources(ApiModel):
-    gpus: int = Field(default=0, ge=0, le=64)
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": crd_extra(cel(
+            "!has(self.processesPerWorker) || !has(self.gpus) || self.gpus == 0 "
+            "|| self.processesPerWorker <= self.gpus",
+            "processesPerWorker cannot exceed gpus: each process trains on a GPU of its own"))
+    }
+
+    gpus: int = Field(default=0, ge=0, le=64, description="GPUs per worker pod")
+    # None rather than 1 by default: a new field with a value would change every existing job's spec hash.
+    workers: int | None = Field(
+        default=None, ge=1, le=64,
+        description="pods that train together, data-parallel (torchrun on an Indexed Job; default 1); "
+        "batchSize stays the global batch, so any count trains the same steps")
+    processes_per_worker: int | None = Field(
+        default=None, ge=1, le=64,
+        description="training processes per pod: default one per GPU, else 1 (more for CPU-only runs)")
     cpu: str | None = _quantity_field("CPU request and limit", _QUANTITY_EXAMPLES["cpu"])
     memory: str | None = _quantity_field("memory request and limit", _QUANTITY_EXAMPLES["memory"])
     # Bounded so the API server can bound the cost of the tolerations' CEL rules.
     node_selector: dict[str, str] | None = Field(default=None, max_length=64)
     tolerations: list[Toleration] | None = Field(default=None, max_length=64)
     deadline_seconds: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_gpu_per_process(self) -> Resources:
+        if self.processes_per_worker is not None and self.gpus and self.processes_per_worker > self.gpus:
+            raise ValueError("processesPerWorker cannot exceed gpus: each process trains on a GPU of its own")
+        return self
+
+    def pods(self) -> int:
+        """Worker pods."""
+        return self.workers or 1
+
+    def processes(self) -> int:
+        """Training processes per worker pod."""
+        return self.processes_per_worker or max(1, self.gpus)
+
+    def world_size(self) -> int:
+        return self.pods() * self.processes()
 
     @field_validator("cpu", "memory")
     @classmethod
@@ -666,6 +698,8 @@ class DistillationJobStatus(ApiModel):
     artifacts: Artifacts | None = None
     student_model: str | None = Field(default=None, description="the StudentModel registered")
     trainer_job: str | None = None
+    world_size: int | None = Field(default=None, description="training processes of the trainer Job "
+                                   "(resources.workers x processes per worker)")
     start_time: str | None = None
     completion_time: str | None = None
     message: str | None = None

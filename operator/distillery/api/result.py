@@ -33,6 +33,7 @@ class TrainingSummary(ApiModel):
     device: str
     history: list[dict] = Field(default_factory=list)
     resumed_from_step: int | None = None
+    world_size: int = Field(default=1, ge=1, description="processes that trained together (torchrun's WORLD_SIZE)")
 
 
 class InputDigests(ApiModel):

@@ -20,7 +20,11 @@ from distillery.controller.kube import termination_message
 from distillery.controller.result_check import Checked, check_result
 from distillery.controller.settings import Settings
 from distillery.controller.store_io import StoreRead
-from distillery.controller.trainer_job import build_trainer_job, for_generation
+from distillery.controller.trainer_job import (
+    build_trainer_job,
+    build_worker_service,
+    for_generation,
+)
 
 FINAL = ("Succeeded", "Failed")
 PROGRESS, RESULT = "progress", "result"
@@ -58,6 +62,13 @@ class SecretSeen:
 
 @dataclass(frozen=True)
 class CreateJob:
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CreateService:
+    """The headless Service of a multi-worker job (created before its Job; idempotent)."""
+
     manifest: dict[str, Any]
 
 
@@ -101,7 +112,7 @@ class Retry:
     message: str
 
 
-Action = CreateJob | DeleteJob | PatchStatus | RegisterStudent | Event | ReadStore | ForgetStore | Retry
+Action = CreateService | CreateJob | DeleteJob | PatchStatus | RegisterStudent | Event | ReadStore | ForgetStore | Retry
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -175,10 +186,14 @@ def decide_start(obs: Observed, settings: Settings, secret: SecretSeen | None,
     actions = [DeleteJob(name) for name in other_generations]
     manifest = build_trainer_job(job, obs.uid, obs.generation, settings)
     trainer = manifest["metadata"]["name"]
+    service = build_worker_service(job, obs.uid)
+    if service is not None:
+        actions.append(CreateService(service))
     actions.append(CreateJob(manifest))
     if (obs.status.get("observedGeneration") != obs.generation or obs.status.get("trainerJob") != trainer
             or waiting_reason(obs) is not None):
-        actions.append(PatchStatus(st.started(obs.generation, trainer, obs.conditions, bool(job.spec.queue_name))))
+        actions.append(PatchStatus(st.started(obs.generation, trainer, obs.conditions, bool(job.spec.queue_name),
+                                              job.spec.resources.world_size())))
     return actions
 
 
@@ -321,7 +336,7 @@ def wants(actions: list[Action], kind: type) -> list:
     return [a for a in actions if isinstance(a, kind)]
 
 
-__all__ = ["Action", "CreateJob", "DeleteJob", "Event", "FINAL", "ForgetStore", "Observed", "PatchStatus",
+__all__ = ["Action", "CreateJob", "CreateService", "DeleteJob", "Event", "FINAL", "ForgetStore", "Observed", "PatchStatus",
            "ReadStore", "RegisterStudent", "Retry", "SecretSeen", "decide_follow", "decide_start",
            "frontier_group_of", "parse_job", "progress_of", "secret_name", "wants"]
 

@@ -30,6 +30,7 @@ from distillery.controller import decide, metrics, naming, registry, search_hand
 from distillery.controller.context import OperatorContext, read_json_document
 from distillery.controller.decide import (
     CreateJob,
+    CreateService,
     DeleteJob,
     Event,
     ForgetStore,
@@ -166,14 +167,18 @@ async def execute(ctx: OperatorContext, obs: Observed, body, patch, actions: lis
                 # say it, and an Event per job would be one more write at every scale.
                 if await ctx.api(ctx.kube.create_job, action.manifest):
                     log.info("created trainer Job %s", action.manifest["metadata"]["name"])
+            elif isinstance(action, CreateService):
+                if await ctx.api(ctx.kube.create_service, action.manifest):
+                    log.info("created worker Service %s", action.manifest["metadata"]["name"])
             elif isinstance(action, DeleteJob):
                 await ctx.api(ctx.kube.delete_job, obs.namespace, action.name)
                 log.info("deleted trainer Job %s of another generation", action.name)
             elif isinstance(action, RegisterStudent):
                 await ctx.api(ctx.kube.create_student_model, action.body)
         except ApiException as err:
-            if err.status in (400, 422) and isinstance(action, CreateJob):
-                reason, message = "TrainerJobRejected", f"the API server refused the trainer Job: {err.reason}"
+            if err.status in (400, 422) and isinstance(action, CreateJob | CreateService):
+                what = "trainer Job" if isinstance(action, CreateJob) else "worker Service"
+                reason, message = "TrainerJobRejected", f"the API server refused the {what}: {err.reason}"
                 patch.status.update(decide.fail(obs, reason, message)[0].patch.to_wire())
                 raise kopf.PermanentError(message) from None
             raise _api_trouble(err, type(action).__name__) from None

@@ -43,6 +43,16 @@ class Kube:
                 return False
             raise
 
+    def create_service(self, body: dict) -> bool:
+        """True when created, False when it already existed."""
+        try:
+            self.core.create_namespaced_service(body["metadata"]["namespace"], body)
+            return True
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise
+
     def read_job(self, namespace: str, name: str) -> dict | None:
         try:
             return self.api.sanitize_for_serialization(self.batch.read_namespaced_job(name, namespace))

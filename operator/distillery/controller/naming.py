@@ -31,6 +31,15 @@ def trainer_job_name(job_name: str, generation: int) -> str:
     return f"{base[:52 - len(suffix) - 7]}-{_short_hash(job_name)}{suffix}"
 
 
+def worker_service_name(job_name: str) -> str:
+    """The headless Service that gives a multi-worker job's pods stable DNS names (one per
+    DistillationJob: pod hostnames carry the generation already). A DNS label: at most 63."""
+    base, suffix = f"distill-{job_name}", "-workers"
+    if len(base) + len(suffix) <= 63:
+        return base + suffix
+    return f"{base[:63 - len(suffix) - 7]}-{_short_hash(job_name)}{suffix}"
+
+
 def student_model_name(job_name: str, generation: int) -> str:
     name = f"{job_name}-g{generation}"
     return name if len(name) <= 63 else f"{job_name[:50]}-{_short_hash(job_name)}-g{generation}"

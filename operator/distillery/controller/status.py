@@ -63,12 +63,14 @@ _RESULT_FIELDS = ("completion_time", "accepted", "decision", "message", "student
                   "pareto_score", "artifacts")
 
 
-def started(generation: int, trainer_job: str, previous: list[dict] | None, queued: bool) -> StatusPatch:
+def started(generation: int, trainer_job: str, previous: list[dict] | None, queued: bool,
+            world_size: int = 1) -> StatusPatch:
     reason = "Queued" if queued else "TrainerJobCreated"
     return StatusPatch(DistillationJobStatus(
         observed_generation=generation,
         phase=Phase.PENDING,
         trainer_job=trainer_job,
+        world_size=world_size,
         start_time=now_iso(),
         progress=Progress(stage="pending", percent=0.0),
         conditions=conditions(

@@ -13,6 +13,7 @@ from distillery.controller.settings import Settings
 
 WORK_DIR = "/tmp"  # an emptyDir: the root filesystem is read-only
 TERMINATION_LOG = "/dev/termination-log"
+RENDEZVOUS_PORT = 29400  # torchrun's c10d rendezvous store, served by worker 0
 
 
 def generation_output_uri(uri: str, generation: int) -> str:
@@ -62,6 +63,52 @@ def trainer_env(job: DistillationJob, settings: Settings) -> list[dict[str, Any]
     return env
 
 
+def distributed_env(job: DistillationJob, uid: str, generation: int) -> list[dict[str, Any]]:
+    """What the trainer's launcher (distillery_trainer/launch.py) needs to start torchrun: none for
+    a one-process job. Several workers rendezvous at worker 0's stable DNS name."""
+    r = job.spec.resources
+    if r.world_size() == 1:
+        return []
+    env = [{"name": "DISTILLERY_NNODES", "value": str(r.pods())},
+           {"name": "DISTILLERY_NPROC_PER_NODE", "value": str(r.processes())}]
+    if r.pods() > 1:
+        trainer = naming.trainer_job_name(job.metadata.name, generation)
+        service = naming.worker_service_name(job.metadata.name)
+        env += [{"name": "DISTILLERY_RDZV_ENDPOINT", "value": f"{trainer}-0.{service}:{RENDEZVOUS_PORT}"},
+                {"name": "DISTILLERY_RDZV_ID", "value": f"{uid}-g{generation}"}]
+    return env
+
+
+def build_worker_service(job: DistillationJob, uid: str) -> dict[str, Any] | None:
+    """The headless Service behind the pods' DNS names (<trainer job>-<index>.<service>), for a job
+    with several workers; None otherwise. Not-ready pods are published too: worker 0 must be
+    reachable while the others wait for it at the rendezvous, before anything is ready."""
+    if job.spec.resources.pods() == 1:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": naming.worker_service_name(job.metadata.name),
+            "namespace": job.metadata.namespace,
+            "labels": {naming.LABEL_JOB: job.metadata.name, naming.LABEL_MANAGED_BY: naming.MANAGER,
+                       naming.LABEL_COMPONENT: "trainer"},
+            "ownerReferences": [owner_reference(job, uid)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {naming.LABEL_JOB: job.metadata.name, naming.LABEL_COMPONENT: "trainer"},
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}],
+        },
+    }
+
+
+def owner_reference(job: DistillationJob, uid: str) -> dict[str, Any]:
+    return {"apiVersion": job.api_version, "kind": job.kind, "name": job.metadata.name, "uid": uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
 def container_resources(job: DistillationJob, settings: Settings) -> dict[str, Any]:
     r = job.spec.resources
     values: dict[str, Any] = {}
@@ -105,7 +152,7 @@ def build_trainer_job(job: DistillationJob, uid: str, generation: int, settings:
         "image": settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": list(settings.trainer_command),
-        "env": trainer_env(job, settings),
+        "env": trainer_env(job, settings) + distributed_env(job, uid, generation),
         "resources": container_resources(job, settings),
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -135,6 +182,8 @@ def build_trainer_job(job: DistillationJob, uid: str, generation: int, settings:
         # job typically uses, and requesting it would reserve that much disk on every node it lands.
         "volumes": [{"name": "work", "emptyDir": {"sizeLimit": settings.work_dir_size_limit}}],
     }
+    if r.pods() > 1:
+        pod_spec["subdomain"] = naming.worker_service_name(job.metadata.name)
     if r.node_selector:
         pod_spec["nodeSelector"] = dict(r.node_selector)
     if r.tolerations:
@@ -149,6 +198,9 @@ def build_trainer_job(job: DistillationJob, uid: str, generation: int, settings:
         ]},
         "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
     }
+    if r.pods() > 1:
+        # One pod per worker, each with a stable index (its hostname is <job>-<index>).
+        job_spec.update({"completionMode": "Indexed", "completions": r.pods(), "parallelism": r.pods()})
     if r.deadline_seconds:
         job_spec["activeDeadlineSeconds"] = r.deadline_seconds
     if job.spec.queue_name:
@@ -160,10 +212,7 @@ def build_trainer_job(job: DistillationJob, uid: str, generation: int, settings:
             "name": name,
             "namespace": job.metadata.namespace,
             "labels": labels,
-            "ownerReferences": [{
-                "apiVersion": job.api_version, "kind": job.kind, "name": job.metadata.name, "uid": uid,
-                "controller": True, "blockOwnerDeletion": True,
-            }],
+            "ownerReferences": [owner_reference(job, uid)],
         },
         "spec": job_spec,
     }

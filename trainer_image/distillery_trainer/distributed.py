@@ -1,0 +1,174 @@
+"""Data-parallel healing across processes started by torchrun (torch.distributed and DDP).
+
+The batch rule: `distillation.batchSize` is the global batch. Every optimizer step takes the same
+rows at any world size (an epoch's shuffle depends only on seed and epoch); process r of W trains
+on rows r, r+W, r+2W, ... of each batch, its mean loss weighted by its share of the batch, and DDP
+averages the gradients, so each step's gradient is the single-process one up to the order of
+float sums. The learning rate and its schedule count global steps, so nothing is rescaled.
+
+The roles: rank 0 runs the whole pipeline. It claims the output, computes (or reads) the teacher
+outputs and the layer ranking, writes progress, checkpoints and artifacts, and evaluates,
+exports and benchmarks once. Every other rank loads the same inputs, waits until rank 0 has a
+student, reads that student back through a checkpoint (the verified resume path) and the teacher
+outputs through the cache, trains its share of every batch, and stops. Nothing but rank 0 writes
+to the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+from torch import nn
+
+from distillery_trainer.errors import InputError
+from distillery_trainer.nets import Net
+
+# How long a rank waits in a collective, above all while rank 0 computes the teacher outputs and
+# the layer ranking alone; a whole teacher pass over a large dataset can take this long.
+DEFAULT_TIMEOUT_S = 4 * 3600
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes (torchrun's RANK, WORLD_SIZE, LOCAL_RANK)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = World()
+
+
+def _env_int(env, name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise InputError(f"environment: {name}={raw!r} is not a whole number (set by torchrun)") from None
+
+
+def world_from_env(env=os.environ) -> World:
+    """The world torchrun describes in the environment; one process when it describes none."""
+    size = _env_int(env, "WORLD_SIZE", 1)
+    rank = _env_int(env, "RANK", 0)
+    local_rank = _env_int(env, "LOCAL_RANK", rank)
+    if size < 1 or not 0 <= rank < size or local_rank < 0:
+        raise InputError(f"environment: RANK={rank} and WORLD_SIZE={size} do not describe a process group")
+    return World(rank, size, local_rank)
+
+
+def device_for(world: World) -> torch.device:
+    """One GPU per process (LOCAL_RANK picks it), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", world.local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def process_group(world: World, device: torch.device) -> Iterator[None]:
+    """torch.distributed set up for the run (NCCL between GPUs, gloo on CPUs), torn down after."""
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    timeout = timedelta(seconds=float(os.environ.get("DISTILLERY_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S)))
+    store, _, _ = next(dist.rendezvous("env://", rank=world.rank, world_size=world.size, timeout=timeout))
+    # torchrun keeps one store across the group's restarts: without a prefix per attempt, a
+    # restarted rank reads the dead group's addresses and cannot connect (seen here after a rank
+    # was killed: gloo's "Connection refused", or a hang).
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.PrefixStore(
+        f"distillery/attempt-{attempt}/", store), rank=world.rank, world_size=world.size, timeout=timeout)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+class StudentSignal:
+    """Rank 0 tells the other ranks, once, whether there is training to share (GO) or not (DONE:
+    an earlier result stands, training already finished, or rank 0 failed before training)."""
+
+    GO, DONE = 1, 0
+
+    def __init__(self, world: World, device: torch.device):
+        self.world, self.device, self.sent = world, device, False
+
+    def _broadcast(self, value: int) -> int:
+        import torch.distributed as dist
+
+        flag = torch.tensor([value], dtype=torch.long, device=self.device)
+        dist.broadcast(flag, src=0)
+        return int(flag.item())
+
+    def send(self, go: bool) -> None:
+        if not self.sent:
+            self.sent = True
+            self._broadcast(self.GO if go else self.DONE)
+
+    def wait(self) -> bool:
+        """Blocks until rank 0 sends; True for GO."""
+        return self._broadcast(self.DONE) == self.GO
+
+
+def shard(index: torch.Tensor, world: World) -> tuple[torch.Tensor, float]:
+    """This rank's rows of one global batch and the weight of its mean loss (its share of the
+    batch times the world size, so DDP's average of the ranks' gradients is the batch's).
+
+    A rank left without rows (a last batch smaller than the world) trains on one row with weight 0:
+    every rank must run each step for DDP's gradient exchange."""
+    if not world.distributed:
+        return index, 1.0
+    rows = index[world.rank::world.size]
+    if len(rows) == 0:
+        return index[:1], 0.0
+    return rows, len(rows) * world.size / len(index)
+
+
+def mean_over_ranks(value: torch.Tensor, world: World) -> torch.Tensor:
+    """The ranks' values averaged (the same tensor on one process)."""
+    if not world.distributed:
+        return value
+    import torch.distributed as dist
+
+    total = value.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / world.size
+
+
+class _Forward(nn.Module):
+    """DDP synchronises the gradients of what runs through forward(); the student's is outputs()."""
+
+    def __init__(self, net: Net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, batch: dict):
+        return self.net.outputs(batch)
+
+
+def forward_for(student: Net, world: World, device: torch.device):
+    """The student's outputs(batch), wrapped in DDP when there are several ranks. DDP starts by
+    copying rank 0's weights to every rank, so all ranks begin from the same student."""
+    if not world.distributed:
+        return student.outputs
+    from torch.nn.parallel import DistributedDataParallel
+
+    wrapped = DistributedDataParallel(_Forward(student), device_ids=[device.index] if device.type == "cuda" else None)
+    return wrapped

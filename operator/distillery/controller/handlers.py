@@ -189,7 +189,8 @@ async def execute(ctx: OperatorContext, obs: Observed, body, patch, actions: lis
             patch.status.update(wire)
             phase = action.patch.phase
             if phase:
-                metrics.set_phase(f"{obs.namespace}/{obs.name}", phase)
+                processes = wire.get("worldSize") or obs.status.get("worldSize")
+                metrics.set_phase(f"{obs.namespace}/{obs.name}", phase, processes)
             if phase in decide.FINAL:
                 ctx.finished[obs.uid] = obs.generation
                 ctx.progress_written.pop(obs.uid, None)

@@ -13,8 +13,12 @@ JOBS_BY_PHASE = Gauge("distillery_jobs", "DistillationJobs by phase (as last see
 TRAINER_SECONDS = Histogram("distillery_trainer_duration_seconds", "Trainer Job wall time",
                             buckets=(30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800))
 STUDENTS = Counter("distillery_students_total", "Finished students by verdict", ["verdict"])
+TRAINING_PROCESSES = Gauge("distillery_training_processes",
+                           "Training processes (workers x processes per worker) of DistillationJobs by phase",
+                           ["phase"])
 
 _phases: dict[str, str] = {}
+_processes: dict[str, int] = {}
 
 
 @contextmanager
@@ -31,13 +35,18 @@ def observed(handler: str):
         RECONCILE_SECONDS.labels(handler).observe(time.perf_counter() - start)
 
 
-def set_phase(key: str, phase: str | None) -> None:
+def set_phase(key: str, phase: str | None, processes: int | None = None) -> None:
+    """A job's phase as last seen (None: the job is gone); `processes` its world size when known."""
     if phase is None:
         _phases.pop(key, None)
+        _processes.pop(key, None)
     else:
         _phases[key] = phase
+        if processes is not None:
+            _processes[key] = processes
     for p in ("Pending", "Running", "Succeeded", "Failed"):
         JOBS_BY_PHASE.labels(p).set(sum(1 for v in _phases.values() if v == p))
+        TRAINING_PROCESSES.labels(p).set(sum(_processes.get(k, 1) for k, v in _phases.items() if v == p))
 
 
 def serve(port: int) -> None:

@@ -170,5 +170,8 @@ def forward_for(student: Net, world: World, device: torch.device):
         return student.outputs
     from torch.nn.parallel import DistributedDataParallel
 
-    wrapped = DistributedDataParallel(_Forward(student), device_ids=[device.index] if device.type == "cuda" else None)
-    return wrapped
+    # Some parameters never take part in the loss (a sentence encoder's pooler): DDP must look for
+    # them each step instead of waiting for their gradients (without it the quickstart job failed
+    # with "Expected to have finished reduction"; static_graph=True ran but changed the losses).
+    return DistributedDataParallel(_Forward(student), device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)

@@ -526,7 +526,7 @@ def test_two_workers_rendezvous_by_dns_and_make_one_student(stack: Stack):
     assert service["spec"]["clusterIP"] == "None"
     assert service["metadata"]["ownerReferences"][0]["name"] == "workers"
     logs = "".join(c.kubectl("logs", "-n", JOBS_NS, p["metadata"]["name"]).stdout for p in pods)
-    assert logs.count("starting torchrun --nproc-per-node=1 --nnodes=2") == 2, logs[-3000:]
+    assert logs.count("starting torchrun --nproc-per-node=1 --max-restarts=0 --nnodes=2") == 2, logs[-3000:]
     result = stack.result("workers")
     assert result["training"]["worldSize"] == 2 and result["training"]["steps"] == 4 * 22
     students = [m for m in c.get("studentmodels", "-n", JOBS_NS)["items"]

@@ -27,6 +27,8 @@ def test_several_pods_rendezvous_at_worker_zero_which_hosts_the_store():
         assert "--nnodes=2" in args and "--rdzv-backend=c10d" in args and "--standalone" not in args
         assert "--rdzv-endpoint=distill-a-g1-0.distill-a-workers:29400" in args and "--rdzv-id=uid-g1" in args
     assert "--rdzv-conf=is_host=1" in zero and "--rdzv-conf=is_host=1" not in one
+    # The Job retries, not torchrun: an in-pod restart would repeat invalid input too.
+    assert "--max-restarts=0" in zero and "--max-restarts=0" in one
 
 
 def test_only_the_pods_first_process_launches():
@@ -56,7 +58,7 @@ def test_the_pod_trains_with_two_processes_and_reports_once(digits_workspace, tm
     assert done.returncode in (0, 3), done.stderr[-3000:]
     assert json.loads((out / "result.json").read_text())["training"]["worldSize"] == 2
     assert done.stdout.count("agreement w/ teacher") == 1  # one table: rank 0 speaks for the run
-    assert "starting torchrun --nproc-per-node=2 --standalone" in done.stderr
+    assert "starting torchrun --nproc-per-node=2 --max-restarts=0 --standalone" in done.stderr
 
 
 def test_bad_input_exits_2_through_torchrun(digits_workspace, tmp_path):

@@ -20,9 +20,11 @@ from pathlib import Path
 
 from distillery.api.result import EXIT_INVALID
 
-# Restarts of the process group inside one pod: a peer pod that died and came back (the Job
-# replaces it) joins a new rendezvous round, and every process resumes from the last checkpoint.
-MAX_RESTARTS = 3
+# No restarts inside the pod: torchrun would restart on bad input too (three more failed loads
+# before exit 2). The Job is the one retry policy: a failed pod is replaced (backoffLimit), its
+# peers fail with it and are replaced too, the new pods rendezvous, and every process resumes
+# from the last checkpoint.
+MAX_RESTARTS = 0
 EXIT_DIR_ENV = "DISTILLERY_EXIT_DIR"
 
 
@@ -35,12 +37,12 @@ def torchrun_args(env: Mapping[str, str], argv: list[str]) -> list[str]:
     """The torchrun command line for this pod (pure)."""
     nnodes = int(env.get("DISTILLERY_NNODES", "1"))
     nproc = int(env["DISTILLERY_NPROC_PER_NODE"])
-    args = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    args = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--max-restarts={MAX_RESTARTS}"]
     if nnodes == 1:
         args.append("--standalone")
     else:
         args += [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={env['DISTILLERY_RDZV_ENDPOINT']}",
-                 f"--rdzv-id={env['DISTILLERY_RDZV_ID']}", f"--max-restarts={MAX_RESTARTS}"]
+                 f"--rdzv-id={env['DISTILLERY_RDZV_ID']}"]
         if env.get("JOB_COMPLETION_INDEX") == "0":
             # Worker 0 serves the rendezvous store at its own DNS name; torchrun cannot always tell
             # that the name is its own (the pod's FQDN is longer), so it is told.

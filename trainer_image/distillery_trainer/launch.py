@@ -20,8 +20,8 @@ from pathlib import Path
 
 from distillery.api.result import EXIT_INVALID
 
-# No restarts inside the pod: torchrun would restart on bad input too (three more failed loads
-# before exit 2). The Job is the one retry policy: a failed pod is replaced (backoffLimit), its
+# No restarts inside the pod: torchrun would restart on invalid input too (one more failed load
+# per restart before exit 2). The Job is the one retry policy: a failed pod is replaced (backoffLimit), its
 # peers fail with it and are replaced too, the new pods rendezvous, and every process resumes
 # from the last checkpoint.
 MAX_RESTARTS = 0

@@ -348,6 +348,32 @@ def test_a_trial_refused_as_invalid_input_fails_the_search_at_once(tmp_path):
     assert c.step() == []
 
 
+def test_fixing_the_space_after_an_invalid_trial_lets_the_search_go_on(tmp_path):
+    c = Cluster(search_spec(tmp_path, space={"keepLayers": {"min": 2, "max": 14}},
+                            budget={"maxTrials": 6, "parallelTrials": 1}))
+    c.step()
+    c.fail("s-t000", "InvalidInput", "student.keepLayers: 14 exceeds the teacher's 6 layers")
+    c.step()
+    assert c.status["phase"] == "Failed"
+    # Editing only the budget changes nothing the trial tried: the search fails again, for generation 2.
+    c.spec["budget"]["maxTrials"] = 7
+    c.apply(c.decide(generation=2))
+    assert len(c.jobs) == 1 and c.status["phase"] == "Failed" and c.status["observedGeneration"] == 2
+    # A fixed space (generation 3): the refused trial stays in the table, new trials start.
+    c.spec["space"] = {"keepLayers": {"min": 2, "max": 5}}
+    c.apply(c.decide(generation=3))
+    assert [name for name in c.jobs] == ["s-t000", "s-t001"]
+    assert c.status["phase"] == "Running" and c.status["observedGeneration"] == 3
+    assert condition(c.status, "Succeeded")["status"] == "Unknown"
+    assert c.status["trials"][0]["phase"] == "Failed" and c.status["trialsFailed"] == 1
+    new_digest = c.jobs["s-t001"]["metadata"]["annotations"][sn.ANNOTATION_TEMPLATE_DIGEST]
+    assert new_digest != c.jobs["s-t000"]["metadata"]["annotations"][sn.ANNOTATION_TEMPLATE_DIGEST]
+    # A trial of the fixed space refused as invalid fails the search again.
+    c.fail("s-t001", "InvalidInput", "student.keepLayers: something else")
+    c.apply(c.decide(generation=3))
+    assert c.status["phase"] == "Failed" and "s-t001" in condition(c.status, "Succeeded")["message"]
+
+
 def test_an_ordinary_trial_failure_is_counted_and_the_search_goes_on(tmp_path):
     assert "OOMKilled" not in INVALID_TRIAL_REASONS
     c = Cluster(search_spec(tmp_path))

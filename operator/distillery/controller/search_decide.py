@@ -81,6 +81,7 @@ class ObservedTrial:
     seeded: bool
     seeded_from: str | None
     status: Mapping[str, Any]
+    template_digest: str | None = None  # None: a trial made before trials carried it
 
     @property
     def phase(self) -> str | None:
@@ -142,7 +143,7 @@ def observed_trials(jobs: list[Mapping]) -> list[ObservedTrial]:
         trials.append(ObservedTrial(
             name=meta["name"], index=index, params=sn.params_from_annotation(notes.get(sn.ANNOTATION_PARAMS)),
             seeded=notes.get(sn.ANNOTATION_SEEDED) == "true", seeded_from=notes.get(sn.ANNOTATION_SEEDED_FROM),
-            status=dict(job.get("status") or {})))
+            status=dict(job.get("status") or {}), template_digest=notes.get(sn.ANNOTATION_TEMPLATE_DIGEST)))
     return sorted(trials, key=lambda t: (t.index, t.name))
 
 
@@ -205,7 +206,8 @@ def trial_manifest(obs: SearchObserved, spec: DistillationSearchSpec, index: int
     job_spec = trial_spec(spec.template, params, output_uri=f"{base}/trials/{name}",
                           cache_uri=output.cache_uri or f"{base}/cache", targets=trial_targets(spec))
     annotations = {sn.ANNOTATION_PARAMS: sn.params_annotation(params),
-                   sn.ANNOTATION_SEEDED: "true" if seeded_from is not None else "false"}
+                   sn.ANNOTATION_SEEDED: "true" if seeded_from is not None else "false",
+                   sn.ANNOTATION_TEMPLATE_DIGEST: template_digest_of(spec)}
     if seeded_from:
         annotations[sn.ANNOTATION_SEEDED_FROM] = seeded_from
     return {
@@ -221,6 +223,10 @@ def trial_manifest(obs: SearchObserved, spec: DistillationSearchSpec, index: int
         },
         "spec": job_spec.to_wire(),
     }
+
+
+def template_digest_of(spec: DistillationSearchSpec) -> str:
+    return sn.template_digest(spec.template.to_wire(), spec.space.to_wire())
 
 
 def frontier_group_of(spec: DistillationSearchSpec) -> str:
@@ -296,7 +302,7 @@ def decide_search(obs: SearchObserved, jobs: list[Mapping], students: list[Mappi
     running = [t for t in trials if not t.final]
     next_index = max([t.index + 1 for t in trials] + [_count(obs.status.get("trialsStarted"))])
     creates: list[CreateTrial] = []
-    failure = problem or _invalid_trial(trials) or _invalid_space(spec)
+    failure = problem or _invalid_trial(trials, template_digest_of(spec)) or _invalid_space(spec)
     ending = None
     if failure is None:
         ending = _ending(spec, next_index, started_at, now)
@@ -348,8 +354,12 @@ def trial_refused(name: str, why: str) -> tuple[str, str]:
     return "InvalidSpace", f"the API server refused trial {name}: {why}"
 
 
-def _invalid_trial(trials: list[ObservedTrial]) -> tuple[str, str] | None:
+def _invalid_trial(trials: list[ObservedTrial], digest: str) -> tuple[str, str] | None:
+    """The first trial refused as invalid under the current template and space (one made from an
+    earlier template or space stays in the table, but the user has since changed what it tried)."""
     for t in trials:
+        if t.template_digest is not None and t.template_digest != digest:
+            continue
         reason = t.failure_reason()
         if reason in INVALID_TRIAL_REASONS:
             message = t.status.get("message") or reason

@@ -7,6 +7,7 @@ seed chose them) is written on the trial itself, so the search's state is rebuil
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -19,6 +20,9 @@ ANNOTATION_PARAMS = f"{GROUP}/trial-params"
 ANNOTATION_SEEDED = f"{GROUP}/trial-seeded"
 # Which StudentModel's recipe a seeded trial tries (so status.seededFrom is rebuilt from the trials).
 ANNOTATION_SEEDED_FROM = f"{GROUP}/trial-seeded-from"
+# A digest of the search's template and space when the trial was made: a trial refused as invalid
+# fails the search only while they are unchanged, so fixing the spec lets the search go on.
+ANNOTATION_TEMPLATE_DIGEST = f"{GROUP}/trial-template-digest"
 COMPONENT_TRIAL = "search-trial"
 
 # A label value holds at most 63 characters, and every trial carries its search's name as one.
@@ -53,3 +57,9 @@ def index_from_label(value: str | None) -> int | None:
     if value is None or not re.fullmatch(r"[0-9]{1,6}", value):
         return None
     return int(value)
+
+
+def template_digest(template: dict, space: dict) -> str:
+    """A short stable digest of a search's template and space (wire form, keys sorted)."""
+    text = json.dumps({"template": template, "space": space}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

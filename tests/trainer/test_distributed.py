@@ -16,9 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from distillery_trainer.distributed import World, shard, world_from_env
+from distillery_trainer.distributed import World, shard, share_range, shared_outputs, world_from_env
+from distillery_trainer.encode import Encoded
 from distillery_trainer.errors import InputError
+from distillery_trainer.outputs import TeacherOutputs
 from tests.digits import digits_job_document
 
 # Summation order differs (two half-batch means, then an average of gradients), so losses drift
@@ -36,10 +39,19 @@ def one_process(job_file: Path) -> list[str]:
 
 
 def run_json(cmd: list[str]) -> dict:
+    return run_json_and_log(cmd)[0]
+
+
+def run_json_and_log(cmd: list[str]) -> tuple[dict, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout)
+    return json.loads(done.stdout), done.stderr
+
+
+def cached_teacher_outputs(output: Path) -> dict[str, torch.Tensor]:
+    (entry,) = (output / "cache").glob("teacher-outputs-*.safetensors")
+    return load_file(entry)
 
 
 # ----------------------------------------------------------------------------- the pure parts
@@ -66,6 +78,14 @@ def test_one_process_is_untouched():
     assert rows is batch and weight == 1.0
 
 
+def test_the_teacher_pass_shares_are_contiguous_and_cover_every_row_once():
+    for rows in (0, 1, 5, 7, 1400):
+        for size in (1, 2, 3):
+            shares = [share_range(rows, World(rank, size)) for rank in range(size)]
+            assert [i for share in shares for i in share] == list(range(rows))
+            assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
 def test_world_comes_from_torchruns_environment():
     assert world_from_env({}) == World(0, 1, 0)
     assert world_from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == World(1, 2, 1)
@@ -73,6 +93,55 @@ def test_world_comes_from_torchruns_environment():
         world_from_env({"WORLD_SIZE": "two"})
     with pytest.raises(InputError, match="process group"):
         world_from_env({"RANK": "2", "WORLD_SIZE": "2"})
+
+
+def _share_in_group(rank: int, store_path: str, fail_on: int | None, results) -> None:
+    """One rank of a real two-process gloo group running shared_outputs over 7 rows."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, 2), rank=rank, world_size=2)
+    try:
+        data = Encoded({"features": torch.arange(14.0).reshape(7, 2)}, None)
+
+        def compute(part: Encoded) -> TeacherOutputs:
+            if rank == fail_on:
+                raise InputError("teacher.uri: a broken teacher file")
+            return TeacherOutputs(part.tensors["features"] * 10, None)
+
+        try:
+            out = shared_outputs(compute, [data, data.rows(torch.arange(2))], World(rank, 2))
+            results.put((rank, None if out is None else [o.logits.tolist() for o in out]))
+        except Exception as err:  # noqa: BLE001 - reported to the test
+            results.put((rank, f"{type(err).__name__}: {err}"))
+    finally:
+        dist.destroy_process_group()
+
+
+def share_in_group(tmp_path: Path, fail_on: int | None) -> dict:
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_share_in_group, args=(rank, str(tmp_path / "store"), fail_on, results))
+             for rank in range(2)]
+    for proc in procs:
+        proc.start()
+    got = dict(results.get(timeout=120) for _ in procs)
+    for proc in procs:
+        proc.join(timeout=60)
+    return got
+
+
+def test_rank_0_gathers_every_share_in_row_order(tmp_path):
+    got = share_in_group(tmp_path, fail_on=None)
+    assert got[1] is None
+    assert got[0] == [(torch.arange(14.0).reshape(7, 2) * 10).tolist(), [[0.0, 10.0], [20.0, 30.0]]]
+
+
+def test_a_share_refused_as_invalid_input_fails_rank_0_with_the_message(tmp_path):
+    got = share_in_group(tmp_path, fail_on=1)
+    assert got[1] is None  # the other rank returns and waits for rank 0's DONE
+    assert got[0].startswith("InputError: rank 1, computing its share") and "a broken teacher file" in got[0]
 
 
 # ----------------------------------------------------------------------------- real runs
@@ -90,8 +159,15 @@ def test_two_processes_heal_the_digits_mlp_like_one(digits_workspace, tmp_path, 
     docs = {name: digits_job_document(digits_workspace, tmp_path / name, distillation={"epochs": 3})
             for name in ("one", "two")}
     one = run_json(one_process(write_job_file(docs["one"], "one.yaml")))
-    two = run_json(torchrun(write_job_file(docs["two"], "two.yaml")))
+    two, log = run_json_and_log(torchrun(write_job_file(docs["two"], "two.yaml")))
     assert_same_training(one, two)
+    # The teacher pass was shared: each process computed part of the rows, and rank 0's cache
+    # entry holds what one process computes alone.
+    assert "each of 2 processes computes a share of the rows" in log
+    alone, shared = cached_teacher_outputs(tmp_path / "one"), cached_teacher_outputs(tmp_path / "two")
+    assert sorted(shared) == sorted(alone)
+    for name, tensor in alone.items():
+        torch.testing.assert_close(shared[name], tensor, rtol=1e-5, atol=1e-6)
     eval_rows = 397  # tests/digits.py: 1797 digits, 1400 for training
     assert abs(two["student"]["accuracy"] - one["student"]["accuracy"]) <= 1 / eval_rows + 1e-9
     assert two["student"]["accuracy"] > 0.85

@@ -6,30 +6,33 @@ on rows r, r+W, r+2W, ... of each batch, its mean loss weighted by its share of 
 averages the gradients, so each step's gradient is the single-process one up to the order of
 float sums. The learning rate and its schedule count global steps, so nothing is rescaled.
 
-The roles: rank 0 runs the whole pipeline. It claims the output, computes (or reads) the teacher
-outputs and the layer ranking, writes progress, checkpoints and artifacts, and evaluates,
-exports and benchmarks once. Every other rank loads the same inputs, waits until rank 0 has a
-student, reads that student back through a checkpoint (the verified resume path) and the teacher
-outputs through the cache, trains its share of every batch, and stops. Nothing but rank 0 writes
-to the store.
+The roles: rank 0 runs the whole pipeline. It claims the output, reads the teacher outputs from
+the cache or has every rank compute a share of them (gathered by rank 0, which writes the cache),
+computes the layer ranking, writes progress, checkpoints and artifacts, and evaluates, exports and
+benchmarks once. Every other rank loads the same inputs, computes its share of the teacher pass
+when asked, waits until rank 0 has a student, reads that student back through a checkpoint (the
+verified resume path) and the teacher outputs through the cache, trains its share of every batch,
+and stops. Nothing but rank 0 writes to the store.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 from torch import nn
 
+from distillery_trainer.encode import Encoded
 from distillery_trainer.errors import InputError
 from distillery_trainer.nets import Net
+from distillery_trainer.outputs import TeacherOutputs
 
-# How long a rank waits in a collective, above all while rank 0 computes the teacher outputs and
-# the layer ranking alone; a whole teacher pass over a large dataset can take this long.
+# How long a rank waits in a collective, above all while rank 0 computes the layer ranking and an
+# ensemble's outputs alone, or checks cached teacher outputs; a large dataset can take this long.
 DEFAULT_TIMEOUT_S = 4 * 3600
 
 
@@ -101,14 +104,16 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
         dist.destroy_process_group()
 
 
-class StudentSignal:
-    """Rank 0 tells the other ranks, once, whether there is training to share (GO) or not (DONE:
-    an earlier result stands, training already finished, or rank 0 failed before training)."""
+class RankSignal:
+    """What rank 0 tells the other ranks, in order: TEACHER_PASS when the teacher's outputs must be
+    computed (every rank takes a share of the rows, shared_outputs), then once GO when there is
+    training to share, or DONE when there is not (an earlier result stands, training already
+    finished, or rank 0 failed)."""
 
-    GO, DONE = 1, 0
+    DONE, GO, TEACHER_PASS = 0, 1, 2
 
     def __init__(self, world: World, device: torch.device):
-        self.world, self.device, self.sent = world, device, False
+        self.world, self.device, self.ended = world, device, False
 
     def _broadcast(self, value: int) -> int:
         import torch.distributed as dist
@@ -117,14 +122,56 @@ class StudentSignal:
         dist.broadcast(flag, src=0)
         return int(flag.item())
 
+    def send_teacher_pass(self) -> None:
+        if not self.ended:
+            self._broadcast(self.TEACHER_PASS)
+
     def send(self, go: bool) -> None:
-        if not self.sent:
-            self.sent = True
+        if not self.ended:
+            self.ended = True
             self._broadcast(self.GO if go else self.DONE)
 
-    def wait(self) -> bool:
-        """Blocks until rank 0 sends; True for GO."""
-        return self._broadcast(self.DONE) == self.GO
+    def wait(self) -> int:
+        """Blocks until rank 0 sends; returns the message."""
+        return self._broadcast(self.DONE)
+
+
+def share_range(rows: int, world: World) -> range:
+    """This rank's contiguous share of `rows` rows (the first rows % W ranks take one more), so the
+    shares in rank order are the rows in order."""
+    base, extra = divmod(rows, world.size)
+    start = world.rank * base + min(world.rank, extra)
+    return range(start, start + base + (1 if world.rank < extra else 0))
+
+
+def shared_outputs(compute: Callable[[Encoded], TeacherOutputs], splits: list[Encoded],
+                   world: World) -> list[TeacherOutputs] | None:
+    """The teacher's outputs on each split, every rank computing its share_range of each and rank 0
+    gathering them (in one collective): the whole outputs, in row order, on rank 0; None elsewhere.
+
+    Every rank joins the gather even when its share failed (a rank that left early would leave the
+    others waiting in it); rank 0 then raises the first failure, an InputError staying one."""
+    import torch.distributed as dist
+
+    failure: Exception | None = None
+    try:
+        mine: object = [compute(data.rows(torch.arange(share.start, share.stop))) if len(share) else None
+                        for data in splits for share in [share_range(len(data), world)]]
+    except Exception as err:  # noqa: BLE001 - rank 0 raises it after the gather
+        failure, mine = err, ("failed", isinstance(err, InputError), f"{type(err).__name__}: {err}")
+    gathered: list | None = [None] * world.size if world.main else None
+    dist.gather_object(mine, gathered, dst=0)
+    if not world.main:
+        return None
+    if failure is not None:
+        raise failure
+    for rank, part in enumerate(gathered):
+        if isinstance(part, tuple):
+            _, invalid, message = part
+            raise (InputError if invalid else RuntimeError)(f"rank {rank}, computing its share of the teacher's "
+                                                            f"outputs: {message}")
+    return [TeacherOutputs.concat([shares[i] for shares in gathered if shares[i] is not None])
+            for i in range(len(splits))]
 
 
 def shard(index: torch.Tensor, world: World) -> tuple[torch.Tensor, float]:

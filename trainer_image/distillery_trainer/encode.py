@@ -32,6 +32,10 @@ class Encoded:
             out = {k: v[:, :width] for k, v in out.items()}
         return {k: v.to(device, non_blocking=True) for k, v in out.items()}
 
+    def rows(self, index: torch.Tensor) -> Encoded:
+        """The rows at `index`, as their own split."""
+        return Encoded({k: v[index] for k, v in self.tensors.items()}, None if self.labels is None else self.labels[index])
+
     def batches(self, batch_size: int, device: torch.device | str = "cpu"):
         for start in range(0, len(self), batch_size):
             yield self.batch(slice(start, start + batch_size), device)

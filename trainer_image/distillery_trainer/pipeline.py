@@ -49,7 +49,7 @@ def run(job: DistillationJob, *, restart: bool = False, progress: Progress | Non
     preflight.check_spec(job)  # every rank: bad input fails each rank the same way, before any wait
     device = distributed.device_for(world)
     with distributed.process_group(world, device):
-        signal = distributed.StudentSignal(world, device)
+        signal = distributed.RankSignal(world, device)
         if not world.main:
             return run_worker(job, world, device, signal)
         try:
@@ -61,7 +61,7 @@ def run(job: DistillationJob, *, restart: bool = False, progress: Progress | Non
 
 def run_main(job: DistillationJob, *, restart: bool = False, progress: Progress | None = None,
              allow_nonempty_output: bool = False, world: distributed.World = distributed.SINGLE,
-             device: torch.device | None = None, signal: distributed.StudentSignal | None = None) -> TrainerResult:
+             device: torch.device | None = None, signal: distributed.RankSignal | None = None) -> TrainerResult:
     spec = job.spec
     preflight.check_spec(job)
     started = now()
@@ -76,7 +76,8 @@ def run_main(job: DistillationJob, *, restart: bool = False, progress: Progress 
         try:
             ctx = RunContext(job=job, store=store, progress=progress, device=device or pick_device(), work=work,
                              task=for_task(spec.teacher.task), fingerprint=training_fingerprint(spec),
-                             spec_hash=spec_hash(spec), started=started, restart=restart, world=world)
+                             spec_hash=spec_hash(spec), started=started, restart=restart, world=world,
+                             signal=signal)
             for stage in stages_for(ctx.task):
                 if stage is stages.train and signal is not None:
                     share_student(ctx, signal)
@@ -91,7 +92,7 @@ def run_main(job: DistillationJob, *, restart: bool = False, progress: Progress 
         store.close()
 
 
-def share_student(ctx: RunContext, signal: distributed.StudentSignal) -> None:
+def share_student(ctx: RunContext, signal: distributed.RankSignal) -> None:
     """Rank 0, before training: the student as a checkpoint the other ranks resume from (the
     run's own when it resumed, else one at step 0), then GO; DONE when training is over."""
     if ctx.state.finished:
@@ -104,9 +105,10 @@ def share_student(ctx: RunContext, signal: distributed.StudentSignal) -> None:
 
 
 def run_worker(job: DistillationJob, world: distributed.World, device: torch.device,
-               signal: distributed.StudentSignal) -> None:
-    """A rank other than 0: the same inputs, then rank 0's student and teacher outputs read back
-    from the store, then training on its share of every batch. It writes nothing."""
+               signal: distributed.RankSignal) -> None:
+    """A rank other than 0: the same inputs, its share of the teacher pass when rank 0 asks, then
+    rank 0's student and teacher outputs read back from the store, then training on its share of
+    every batch. It writes nothing."""
     spec = job.spec
     store = ReadOnlyStore(open_store(spec.output.uri, endpoint=spec.output.endpoint, region=spec.output.region),
                           world.rank)
@@ -116,7 +118,11 @@ def run_worker(job: DistillationJob, world: distributed.World, device: torch.dev
                          task=for_task(spec.teacher.task), fingerprint=training_fingerprint(spec),
                          spec_hash=spec_hash(spec), started=now(), world=world)
         stages.read_inputs(ctx)
-        if not signal.wait():
+        message = signal.wait()
+        if message == signal.TEACHER_PASS:
+            stages.join_teacher_pass(ctx)
+            message = signal.wait()
+        if message != signal.GO:
             return None
         stages.find_checkpoint(ctx)
         if ctx.state is None:

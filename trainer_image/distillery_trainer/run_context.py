@@ -12,7 +12,7 @@ from distillery.api.result import EnsembleReport, IncrementalReport, InputDigest
 from distillery.store import Store
 from distillery.variants import Judged
 from distillery_trainer.checkpoint import Checkpoints, CheckpointState
-from distillery_trainer.distributed import SINGLE, World
+from distillery_trainer.distributed import SINGLE, RankSignal, World
 from distillery_trainer.encode import Encoded
 from distillery_trainer.ensemble import EnsembleRun
 from distillery_trainer.evaluation import Quality
@@ -62,6 +62,7 @@ class RunContext:
     started: str
     restart: bool = False
     world: World = SINGLE  # under torchrun: this process's rank among the training processes
+    signal: RankSignal | None = None  # under torchrun: rank 0's messages to the other ranks
     # Filled in by the stages, in order.
     inputs: Inputs | None = None
     train_data: Encoded | None = None

@@ -20,6 +20,7 @@ from distillery.api.result import RESULT_KEY, TrainerResult, TrainingSummary, no
 from distillery.store import StoreError
 from distillery.variants import FP32, INT8, Candidate, judge, result_fields
 from distillery_trainer import (
+    distributed,
     ensemble,
     finished,
     incremental,
@@ -183,14 +184,7 @@ def teacher_outputs(ctx: RunContext) -> None:
     for agreement; the teacher then runs beside the student during training."""
     ctx.progress.stage("teacher-outputs", "computing the teacher's outputs once")
     net, onnx = load_teacher(ctx)
-    if net is not None:
-        net.to(ctx.device)
-    task, batch = ctx.task, ctx.task.eval_batch
-
-    def compute(data: Encoded) -> TeacherOutputs:
-        if onnx is not None:
-            return onnx.outputs(data, batch)
-        return torch_outputs(net, data, batch, ctx.device, lambda out: task.teacher_targets(out, ctx.spec.distillation))
+    compute = teacher_compute(ctx, net, onnx)
 
     if online(ctx):
         eval_out = compute(ctx.eval_data)
@@ -206,9 +200,7 @@ def teacher_outputs(ctx: RunContext) -> None:
     if found is not None:
         train_out, eval_out = found
     else:
-        train_out = compute(ctx.train_data)
-        ctx.progress.fraction(0.8)
-        eval_out = compute(ctx.eval_data)
+        train_out, eval_out = teacher_pass(ctx, compute)
         require_finite(train_out, "the teacher's", "train")
         require_finite(eval_out, "the teacher's", "eval")
         cache.write_bytes(entry, teacher_cache.encode_entry(key, train_out, eval_out))
@@ -219,6 +211,45 @@ def teacher_outputs(ctx: RunContext) -> None:
     ctx.teacher = TeacherSide(net, onnx, train_out, eval_out)
     if ctx.spec.ensemble is not None:
         ctx.ensemble = ensemble_outputs(ctx, cache, prefix)
+
+
+def teacher_compute(ctx: RunContext, net: Net | None, onnx: OnnxTeacher | None):
+    """The function that runs the teacher (on the run's device) over an encoded split."""
+    if net is not None:
+        net.to(ctx.device)
+    task, batch = ctx.task, ctx.task.eval_batch
+
+    def compute(data: Encoded) -> TeacherOutputs:
+        if onnx is not None:
+            return onnx.outputs(data, batch)
+        return torch_outputs(net, data, batch, ctx.device, lambda out: task.teacher_targets(out, ctx.spec.distillation))
+
+    return compute
+
+
+def teacher_pass(ctx: RunContext, compute) -> tuple[TeacherOutputs, TeacherOutputs]:
+    """Both splits' teacher outputs: on one process, or with every rank computing a share of the
+    rows (distributed.shared_outputs; the other ranks join through join_teacher_pass)."""
+    if ctx.signal is None:
+        train_out = compute(ctx.train_data)
+        ctx.progress.fraction(0.8)
+        return train_out, compute(ctx.eval_data)
+    ctx.progress.log(f"the teacher's outputs: each of {ctx.world.size} processes computes a share of the rows")
+    ctx.signal.send_teacher_pass()
+    train_out, eval_out = distributed.shared_outputs(compute, [ctx.train_data, ctx.eval_data], ctx.world)
+    return train_out, eval_out
+
+
+def join_teacher_pass(ctx: RunContext) -> None:
+    """A rank other than 0: its share of rank 0's teacher pass (teacher_pass), in the same order."""
+    try:
+        net, onnx = load_teacher(ctx)
+        compute = teacher_compute(ctx, net, onnx)
+    except Exception as err:  # noqa: BLE001 - the gathers must still be joined; rank 0 raises it
+
+        def compute(data: Encoded, err=err) -> TeacherOutputs:
+            raise err
+    distributed.shared_outputs(compute, [ctx.train_data, ctx.eval_data], ctx.world)
 
 
 def ensemble_outputs(ctx: RunContext, cache, prefix: str) -> EnsembleRun:
@@ -273,7 +304,7 @@ def cached_teacher_outputs(ctx: RunContext, cache, entry: str, key: str, compute
                                                          len(ctx.eval_data))
         for split, data, cached in (("train", ctx.train_data, train_out), ("eval", ctx.eval_data, eval_out)):
             rows = teacher_cache.sample_rows(len(data))
-            if not teacher_cache.outputs_agree(cached.rows(rows), compute(teacher_cache.subset(data, rows))):
+            if not teacher_cache.outputs_agree(cached.rows(rows), compute(data.rows(rows))):
                 raise teacher_cache.BadCacheEntry(f"it disagrees with the teacher on {len(rows)} sampled {split} rows")
     except teacher_cache.BadCacheEntry as err:
         ctx.progress.log(f"ignoring cached teacher outputs {uri}: {err}; recomputing them")

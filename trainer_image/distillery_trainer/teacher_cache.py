@@ -176,11 +176,6 @@ def sample_rows(n: int, k: int = SPOT_CHECK_ROWS) -> torch.Tensor:
     return torch.randperm(n, generator=generator)[:k].sort().values
 
 
-def subset(data: Encoded, index: torch.Tensor) -> Encoded:
-    return Encoded({k: v[index] for k, v in data.tensors.items()},
-                   None if data.labels is None else data.labels[index])
-
-
 def rows_agree(cached: torch.Tensor | None, fresh: torch.Tensor | None) -> bool:
     if cached is None or fresh is None:
         return cached is None and fresh is None

@@ -1,8 +1,19 @@
-"""Reading datasets (JSONL text, NPZ arrays) into memory, with errors that point at the line."""
+"""Reading datasets (JSONL text, NPZ arrays), with errors that point at the line.
+
+Rows are not held in memory: a JSONL split keeps the byte offset of each row's line and reads
+its texts back in chunks when they are encoded; an NPZ split's features are memory-mapped from
+the archive (or from a copy of a compressed member, made in chunks). Only the labels are read
+whole (a few bytes per row).
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
+import struct
+import zipfile
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,20 +23,69 @@ from distillery.api.job import Dataset, DatasetFormat
 from distillery_trainer.errors import InputError
 
 MAX_CLASSES = 100_000
+# Rows converted, checked or read back at a time: bounded memory, few calls.
+CHUNK_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class TextRows:
+    """The texts of a JSONL split, left in its file: each row's line offset and the text field."""
+
+    path: Path
+    offsets: np.ndarray  # int64 byte offset of each row's line
+    field: str
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def chunks(self, size: int) -> Iterator[list[str]]:
+        """The texts, `size` rows at a time (lines were checked when the split was read)."""
+        with self.path.open("rb") as fh:
+            for start in range(0, len(self.offsets), size):
+                texts = []
+                for offset in self.offsets[start:start + size]:
+                    fh.seek(int(offset))
+                    row = json.loads(fh.readline())
+                    if not isinstance(row, dict) or not isinstance(row.get(self.field), str):
+                        raise InputError(f"{self.path}: the file changed while it was read")
+                    texts.append(row[self.field])
+                yield texts
 
 
 @dataclass
 class Split:
-    """One split: texts (for text tasks) or a feature array, plus optional raw labels."""
+    """One split: texts (for text tasks; in memory, or `text_rows` left in the file) or a feature
+    array (possibly memory-mapped), plus optional raw labels."""
 
     name: str
     texts: list[str] | None = None
     features: np.ndarray | None = None
     raw_labels: list | None = None  # as found in the file (ints or class names)
     labels: np.ndarray | None = None  # int64 class ids once mapped by a LabelMap
+    text_rows: TextRows | None = None
 
     def __len__(self) -> int:
-        return len(self.texts) if self.texts is not None else len(self.features)
+        if self.texts is not None:
+            return len(self.texts)
+        if self.text_rows is not None:
+            return len(self.text_rows)
+        return len(self.features)
+
+    @property
+    def is_text(self) -> bool:
+        return self.texts is not None or self.text_rows is not None
+
+    def text_chunks(self, size: int = CHUNK_ROWS) -> Iterator[list[str]]:
+        if self.texts is not None:
+            for start in range(0, len(self.texts), size):
+                yield self.texts[start:start + size]
+        else:
+            yield from self.text_rows.chunks(size)
+
+    def all_texts(self) -> list[str]:
+        """Every text in memory (for the steps that need them together: packing LM blocks,
+        zero-shot prompts, replay)."""
+        return [text for chunk in self.text_chunks() for text in chunk]
 
 
 class LabelMap:
@@ -104,11 +164,14 @@ def _is_label(value) -> bool:
 
 
 def read_jsonl(path: Path, spec: Dataset, name: str, max_rows: int | None, need_labels: bool) -> Split:
-    texts: list[str] = []
+    """Every line checked; the texts stay in the file (Split.text_rows), the labels are kept."""
+    offsets = array("q")  # 8 bytes a row
     labels: list = []
+    position = 0
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
-            if max_rows is not None and len(texts) >= max_rows:
+            start, position = position, position + len(raw)
+            if max_rows is not None and len(offsets) >= max_rows:
                 break
             row = _parse_line(raw, path, lineno)
             if row is None:
@@ -118,7 +181,7 @@ def read_jsonl(path: Path, spec: Dataset, name: str, max_rows: int | None, need_
                     f"{path}: line {lineno}: expected an object with a string field "
                     f"{spec.text_field!r} (dataset.textField)"
                 )
-            texts.append(row[spec.text_field])
+            offsets.append(start)
             if spec.label_field in row:
                 if not _is_label(row[spec.label_field]):
                     raise InputError(
@@ -130,15 +193,16 @@ def read_jsonl(path: Path, spec: Dataset, name: str, max_rows: int | None, need_
                 raise InputError(
                     f"{path}: line {lineno}: missing label field {spec.label_field!r} (dataset.labelField)"
                 )
-    if not texts:
+    if not offsets:
         raise InputError(f"{path}: no rows in the {name} split")
-    if labels and len(labels) != len(texts):
+    if labels and len(labels) != len(offsets):
         raise InputError(f"{path}: some rows have a {spec.label_field!r} field and some do not")
-    return Split(name=name, texts=texts, raw_labels=labels or None)
+    return Split(name=name, raw_labels=labels or None,
+                 text_rows=TextRows(path, np.frombuffer(offsets, dtype=np.int64), spec.text_field))
 
 
 def _npz_array(arrays, key: str, path: Path, field: str) -> np.ndarray:
-    """One array of an NPZ file, read without pickles; a bad member is named, not dumped."""
+    """One (small) array of an NPZ file, read without pickles; a bad member is named, not dumped."""
     try:
         return arrays[key]
     except ValueError:
@@ -150,13 +214,88 @@ def _npz_array(arrays, key: str, path: Path, field: str) -> np.ndarray:
         raise InputError(f"{path}: array {key!r} ({field}) cannot be read (damaged NPZ member)") from None
 
 
+def _stored_member_offset(path: Path, info: zipfile.ZipInfo) -> int:
+    """Where an uncompressed member's bytes start in the archive (after its local header)."""
+    with path.open("rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            raise ValueError("bad local header")
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        return info.header_offset + 30 + name_length + extra_length
+
+
+class _ObjectArray(ValueError):
+    """An NPZ member of Python objects (which only unpickling could read)."""
+
+
+def _mapped_member(path: Path, key: str, scratch: Path) -> np.ndarray:
+    """An NPZ member as a memory-mapped array: in place when it is stored uncompressed
+    (np.savez), else from a copy decompressed in chunks into `scratch` (np.savez_compressed).
+    Raises _ObjectArray, or another error for a damaged member."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(f"{key}.npy" if f"{key}.npy" in archive.namelist() else key)
+        if info.compress_type == zipfile.ZIP_STORED:
+            start = _stored_member_offset(path, info)
+            with path.open("rb") as fh:
+                fh.seek(start)
+                version = np.lib.format.read_magic(fh)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                    else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read_header(fh)
+                data_start = fh.tell()
+            if dtype.hasobject:
+                raise _ObjectArray(key)
+            if data_start - start + dtype.itemsize * int(np.prod(shape)) > info.file_size:
+                raise ValueError("truncated member")
+            # Copy-on-write: writable for torch, never written back.
+            return np.memmap(path, dtype=dtype, mode="c", offset=data_start, shape=shape,
+                             order="F" if fortran else "C")
+        scratch.mkdir(parents=True, exist_ok=True)
+        copy = scratch / f"{key}.npy"
+        with archive.open(info) as source, copy.open("wb") as target:
+            shutil.copyfileobj(source, target, 1 << 22)
+    try:
+        return np.load(copy, mmap_mode="c", allow_pickle=False)
+    except ValueError as err:
+        if "allow_pickle" in str(err) or "object" in str(err).lower():
+            raise _ObjectArray(key) from None
+        raise
+
+
 def _first_bad_row(mask_ok: np.ndarray) -> int:
     """1-based index of the first row holding a False in `mask_ok` (rows are the first axis)."""
     per_row = mask_ok.reshape(len(mask_ok), -1).all(axis=1)
     return int(np.argmin(per_row)) + 1
 
 
-def read_npz(path: Path, spec: Dataset, name: str, max_rows: int | None, need_labels: bool) -> Split:
+def _as_float32(raw: np.ndarray, path: Path, scratch: Path, name: str, field: str) -> np.ndarray:
+    """The features as float32 (memory-mapped), checked finite, in chunks of rows."""
+    if raw.dtype == np.float32 and raw.flags.c_contiguous:
+        out = raw
+    else:
+        scratch.mkdir(parents=True, exist_ok=True)
+        out = np.lib.format.open_memmap(scratch / f"{name}-features-float32.npy", mode="w+", dtype=np.float32,
+                                        shape=raw.shape)
+    for start in range(0, len(raw), CHUNK_ROWS):
+        chunk = raw[start:start + CHUNK_ROWS]
+        if out is not raw:
+            with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: refused below
+                out[start:start + CHUNK_ROWS] = chunk
+            chunk = out[start:start + CHUNK_ROWS]
+        finite = np.isfinite(chunk)
+        if not finite.all():
+            raise InputError(f"{path}: row {start + _first_bad_row(finite)}: array {field!r} "
+                             "(dataset.featuresField) holds NaN or infinite values")
+    if out is not raw:
+        out.flush()
+    return out
+
+
+def read_npz(path: Path, spec: Dataset, name: str, max_rows: int | None, need_labels: bool,
+             scratch: Path) -> Split:
+    """The labels read whole; the features memory-mapped (converted to float32 in `scratch`
+    when they are stored otherwise)."""
     try:
         arrays = np.load(path, allow_pickle=False)  # never unpickle: object arrays are refused
     except Exception:  # noqa: BLE001 - numpy raises ValueError, OSError, zipfile and EOF errors
@@ -167,7 +306,16 @@ def read_npz(path: Path, spec: Dataset, name: str, max_rows: int | None, need_la
         raise InputError(
             f"{path}: no array {spec.features_field!r} (dataset.featuresField); has {sorted(arrays.files)[:20]}"
         )
-    raw_x = _npz_array(arrays, spec.features_field, path, "dataset.featuresField")
+    try:
+        raw_x = _mapped_member(path, spec.features_field, scratch / name)
+    except _ObjectArray:
+        raise InputError(
+            f"{path}: array {spec.features_field!r} (dataset.featuresField) holds Python objects; only numeric "
+            "arrays are read (nothing is unpickled)"
+        ) from None
+    except Exception:  # noqa: BLE001 - zip and format errors of a damaged member
+        raise InputError(f"{path}: array {spec.features_field!r} (dataset.featuresField) cannot be read "
+                         "(damaged NPZ member)") from None
     if raw_x.dtype.kind not in "biuf":
         raise InputError(
             f"{path}: array {spec.features_field!r} (dataset.featuresField) has dtype {raw_x.dtype.str}; "
@@ -195,20 +343,16 @@ def read_npz(path: Path, spec: Dataset, name: str, max_rows: int | None, need_la
         y = None if y is None else y[:max_rows]
     if len(raw_x) == 0:
         raise InputError(f"{path}: no rows in the {name} split")
-    with np.errstate(over="ignore"):
-        x = np.asarray(raw_x, dtype=np.float32)  # float64 beyond float32's range becomes inf: refused below
-    finite = np.isfinite(x)
-    if not finite.all():
-        raise InputError(
-            f"{path}: row {_first_bad_row(finite)}: array {spec.features_field!r} (dataset.featuresField) "
-            "holds NaN or infinite values"
-        )
+    x = _as_float32(raw_x, path, scratch, name, spec.features_field)
     raw = None if y is None else [v.item() for v in y]
     return Split(name=name, features=x, raw_labels=raw)
 
 
-def read_split(path: Path, spec: Dataset, name: str, max_rows: int | None, need_labels: bool) -> Split:
+def read_split(path: Path, spec: Dataset, name: str, max_rows: int | None, need_labels: bool,
+               scratch: Path) -> Split:
+    """A split of either format; `scratch` is a folder of the run's for NPZ copies."""
     if not path.is_file():
         raise InputError(f"dataset.{name}Uri: file not found: {path}")
-    reader = read_jsonl if spec.format == DatasetFormat.JSONL else read_npz
-    return reader(path, spec, name, max_rows, need_labels)
+    if spec.format == DatasetFormat.JSONL:
+        return read_jsonl(path, spec, name, max_rows, need_labels)
+    return read_npz(path, spec, name, max_rows, need_labels, scratch)

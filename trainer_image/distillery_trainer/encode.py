@@ -1,13 +1,18 @@
-"""Turning splits into tensors once, and slicing batches out of them cheaply."""
+"""Turning splits into tensors once, and slicing batches out of them cheaply.
+
+A run encodes text into memory-mapped files (tokenized a chunk of rows at a time), so a split's
+tensors live on disk and a batch reads only its rows; NPZ features are already memory-mapped.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from distillery_trainer.data import Split
+from distillery_trainer.data import CHUNK_ROWS, Split
 
 
 @dataclass
@@ -41,12 +46,29 @@ class Encoded:
             yield self.batch(slice(start, start + batch_size), device)
 
 
-def encode_text(split: Split, tokenizer, max_length: int) -> Encoded:
-    enc = tokenizer(
-        split.texts, truncation=True, max_length=max_length, padding="longest", return_tensors="pt"
-    )
-    tensors = {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
-    return Encoded(tensors, _labels(split))
+def encode_text(split: Split, tokenizer, max_length: int, into: Path | None = None) -> Encoded:
+    """Token ids and attention masks, padded to the split's longest row. With `into`, tokenized a
+    chunk of rows at a time into memory-mapped files there (each row padded to max_length on disk,
+    the tensors a view as wide as the longest row); else in memory."""
+    if into is None:
+        enc = tokenizer(split.all_texts(), truncation=True, max_length=max_length, padding="longest",
+                        return_tensors="pt")
+        tensors = {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
+        return Encoded(tensors, _labels(split))
+    into.mkdir(parents=True, exist_ok=True)
+    columns = {name: np.lib.format.open_memmap(into / f"{name}.npy", mode="w+", dtype=np.int64,
+                                               shape=(len(split), max_length))
+               for name in ("input_ids", "attention_mask")}
+    row, longest = 0, 1
+    for texts in split.text_chunks(CHUNK_ROWS):
+        enc = tokenizer(texts, truncation=True, max_length=max_length, padding="max_length", return_tensors="np")
+        for name, column in columns.items():
+            column[row:row + len(texts)] = enc[name]
+        longest = max(longest, int(enc["attention_mask"].sum(axis=1).max()))
+        row += len(texts)
+    for column in columns.values():
+        column.flush()
+    return Encoded({name: torch.from_numpy(column)[:, :longest] for name, column in columns.items()}, _labels(split))
 
 
 def encode_features(split: Split) -> Encoded:

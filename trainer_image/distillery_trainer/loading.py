@@ -180,9 +180,9 @@ def load_inputs(job: DistillationJob, work: Path) -> Inputs:
 
     ds = spec.dataset
     train = read_split(fetch(ds.train_uri, "dataset.trainUri", work / "train", job), ds, "train",
-                       ds.max_train_rows, needs_labels(task))
+                       ds.max_train_rows, needs_labels(task), work / "arrays")
     evals = read_split(fetch(ds.eval_uri, "dataset.evalUri", work / "eval", job), ds, "eval",
-                       ds.max_eval_rows, needs_labels(task))
+                       ds.max_eval_rows, needs_labels(task), work / "arrays")
     previous = read_previous(job, work)
     # The old splits' classes count too: a class only the old data has is still the teacher's.
     previous_labels = [] if previous is None else previous[0].raw_labels + previous[1].raw_labels
@@ -240,7 +240,8 @@ def read_previous(job: DistillationJob, work: Path) -> tuple[Split, Split] | Non
         path = fetch(uri, field_name, work / name, job)
         if not path.is_file():
             raise InputError(f"{field_name}: file not found: {path}")
-        splits.append((read_jsonl if ds.format == DatasetFormat.JSONL else read_npz)(path, ds, name, None, True))
+        splits.append(read_jsonl(path, ds, name, None, True) if ds.format == DatasetFormat.JSONL
+                      else read_npz(path, ds, name, None, True, work / "arrays"))
     return splits[0], splits[1]
 
 
@@ -251,8 +252,9 @@ def with_replay(train: Split, old: Split, share: float, seed: int) -> tuple[Spli
     pick = sorted(np.random.default_rng(seed).choice(len(old), size=count, replace=False).tolist())
     joined = Split(name=train.name, labels=np.concatenate([train.labels, old.labels[pick]]),
                    raw_labels=train.raw_labels + [old.raw_labels[i] for i in pick])
-    if train.texts is not None:
-        joined.texts = train.texts + [old.texts[i] for i in pick]
+    if train.is_text:
+        old_texts = old.all_texts()
+        joined.texts = train.all_texts() + [old_texts[i] for i in pick]
     else:
         joined.features = np.concatenate([train.features, old.features[pick]])
     return joined, count
@@ -296,14 +298,16 @@ def check_member_head(path: Path, job: DistillationJob, field: str) -> None:
         raise InputError(f"{field}: {path} is a model without a classification head (config.json architectures)")
 
 
-def encode(split: Split, inputs: Inputs, job: DistillationJob) -> Encoded:
+def encode(split: Split, inputs: Inputs, job: DistillationJob, into: Path | None = None) -> Encoded:
+    """The split as tensors; text is tokenized in chunks into memory-mapped files under `into`
+    (in memory without it)."""
     if job.spec.teacher.task == Task.CAUSAL_LM:
         from distillery_trainer.lm.text_blocks import pack_blocks
 
         field = "dataset.evalUri" if split is inputs.eval else "dataset.trainUri"
-        return pack_blocks(split.texts, inputs.tokenizer, job.spec.dataset.max_sequence_length, field)
+        return pack_blocks(split.all_texts(), inputs.tokenizer, job.spec.dataset.max_sequence_length, field)
     if inputs.tokenizer is not None:
-        return encode_text(split, inputs.tokenizer, job.spec.dataset.max_sequence_length)
+        return encode_text(split, inputs.tokenizer, job.spec.dataset.max_sequence_length, into)
     return encode_features(split)
 
 

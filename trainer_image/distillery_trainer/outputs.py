@@ -8,8 +8,13 @@ importing the model loaders.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 
+import numpy as np
 import torch
+
+# Rows checked at a time (bounded memory on large outputs).
+CHECK_ROWS = 4096
 
 
 @dataclass
@@ -61,12 +66,46 @@ class TeacherOutputs:
         for name, tensor in self._present().items():
             if not tensor.is_floating_point():
                 continue
-            values = tensor.float()
-            broken = torch.isnan(values) | (values == float("inf"))
-            if name != "topk_logprobs":
-                broken |= values == float("-inf")
-            rows = broken.reshape(len(tensor), -1).any(dim=1).nonzero()
-            if len(rows):
-                row = int(rows[0])
-                bad = row if bad is None else min(bad, row)
+            for start in range(0, len(tensor), CHECK_ROWS):
+                values = tensor[start:start + CHECK_ROWS].float()
+                broken = torch.isnan(values) | (values == float("inf"))
+                if name != "topk_logprobs":
+                    broken |= values == float("-inf")
+                rows = broken.reshape(len(values), -1).any(dim=1).nonzero()
+                if len(rows):
+                    row = start + int(rows[0])
+                    bad = row if bad is None else min(bad, row)
+                    break
         return bad
+
+
+class OutputWriter:
+    """A model's outputs on `rows` rows, written batch by batch into memory-mapped files under
+    `folder` (one per output), so a large split's outputs never sit in memory."""
+
+    def __init__(self, folder: Path, rows: int):
+        self.folder, self.rows, self.filled = folder, rows, 0
+        self.columns: dict[str, np.ndarray] = {}
+
+    def add(self, part: TeacherOutputs) -> None:
+        present = part._present()
+        if not self.columns:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for name, tensor in present.items():
+                self.columns[name] = np.lib.format.open_memmap(
+                    self.folder / f"{name}.npy", mode="w+", dtype=tensor.detach().numpy().dtype,
+                    shape=(self.rows, *tensor.shape[1:]))
+        if set(present) != set(self.columns):
+            raise ValueError("a batch's outputs differ in kind from the first batch's")
+        count = len(part)
+        for name, tensor in present.items():
+            self.columns[name][self.filled:self.filled + count] = tensor.detach().numpy()
+        self.filled += count
+
+    def finish(self) -> TeacherOutputs:
+        if self.filled != self.rows:
+            raise ValueError(f"{self.filled} rows of outputs written, {self.rows} expected")
+        for column in self.columns.values():
+            column.flush()
+        mapped = {name: torch.from_numpy(column) for name, column in self.columns.items()}
+        return TeacherOutputs(**{f.name: mapped.get(f.name) for f in fields(TeacherOutputs)})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import subprocess
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import torch
 
@@ -87,16 +88,18 @@ def read_inputs(ctx: RunContext) -> None:
     ctx.progress.stage("loading", f"teacher {spec.teacher.uri}")
     ctx.inputs = load_inputs(ctx.job, ctx.work)
     preflight.check_inputs(ctx.job, ctx.inputs)  # depth, positions, shapes: before the teacher pass
-    ctx.train_data = encode_split(ctx.inputs.train, ctx.inputs, ctx.job)
-    ctx.eval_data = encode_split(ctx.inputs.eval, ctx.inputs, ctx.job)
+    ctx.train_data = encode_split(ctx.inputs.train, ctx.inputs, ctx.job, ctx.work / "encoded" / "train")
+    ctx.eval_data = encode_split(ctx.inputs.eval, ctx.inputs, ctx.job, ctx.work / "encoded" / "eval")
     ctx.digests = teacher_cache.input_digests(ctx.inputs.teacher_path, ctx.train_data, ctx.eval_data,
                                               ctx.inputs.base_path)
     if ctx.inputs.ensemble:  # replacing an ensemble teacher's weights must run the job again
         ctx.digests = ctx.digests.model_copy(
             update={"ensemble": [teacher_cache.file_tree_digest(path) for path in ctx.inputs.ensemble]})
     if ctx.inputs.previous_train is not None:  # incremental: the old data decides the result too
-        ctx.previous_train = encode_split(ctx.inputs.previous_train, ctx.inputs, ctx.job)
-        ctx.previous_eval = encode_split(ctx.inputs.previous_eval, ctx.inputs, ctx.job)
+        ctx.previous_train = encode_split(ctx.inputs.previous_train, ctx.inputs, ctx.job,
+                                          ctx.work / "encoded" / "previous-train")
+        ctx.previous_eval = encode_split(ctx.inputs.previous_eval, ctx.inputs, ctx.job,
+                                         ctx.work / "encoded" / "previous-eval")
         ctx.digests = ctx.digests.model_copy(update={"previous": [
             teacher_cache.encoded_digest(ctx.previous_train), teacher_cache.encoded_digest(ctx.previous_eval)]})
     ctx.progress.log(f"{len(ctx.train_data)} train rows, {len(ctx.eval_data)} eval rows, device {ctx.device.type}"
@@ -203,7 +206,7 @@ def teacher_outputs(ctx: RunContext) -> None:
         train_out, eval_out = teacher_pass(ctx, compute)
         require_finite(train_out, "the teacher's", "train")
         require_finite(eval_out, "the teacher's", "eval")
-        cache.write_bytes(entry, teacher_cache.encode_entry(key, train_out, eval_out))
+        store_entry(ctx, cache, entry, key, train_out, eval_out)
     if onnx is not None and train_out.logits is not None:
         ctx.task.check_head(num_labels(ctx), train_out.logits.shape[1], "the ONNX teacher")
     if net is not None:
@@ -214,26 +217,43 @@ def teacher_outputs(ctx: RunContext) -> None:
 
 
 def teacher_compute(ctx: RunContext, net: Net | None, onnx: OnnxTeacher | None):
-    """The function that runs the teacher (on the run's device) over an encoded split."""
+    """The function that runs a teacher (on the run's device) over an encoded split, its outputs
+    in memory, or written under `into` (memory-mapped) when given."""
     if net is not None:
         net.to(ctx.device)
     task, batch = ctx.task, ctx.task.eval_batch
 
-    def compute(data: Encoded) -> TeacherOutputs:
+    def compute(data: Encoded, into: Path | None = None) -> TeacherOutputs:
         if onnx is not None:
-            return onnx.outputs(data, batch)
-        return torch_outputs(net, data, batch, ctx.device, lambda out: task.teacher_targets(out, ctx.spec.distillation))
+            return onnx.outputs(data, batch, into)
+        return torch_outputs(net, data, batch, ctx.device, lambda out: task.teacher_targets(out, ctx.spec.distillation),
+                             into)
 
     return compute
+
+
+def one_process_pass(ctx: RunContext, compute, name: str) -> tuple[TeacherOutputs, TeacherOutputs]:
+    """Both splits' outputs computed here, written as memory-mapped files under the run's folder."""
+    train_out = compute(ctx.train_data, ctx.work / "outputs" / name / "train")
+    ctx.progress.fraction(0.8)
+    return train_out, compute(ctx.eval_data, ctx.work / "outputs" / name / "eval")
+
+
+def store_entry(ctx: RunContext, cache, entry: str, key: str, train: TeacherOutputs, evals: TeacherOutputs) -> None:
+    """Write a cache entry through a file (streamed, not built in memory), then upload it."""
+    local = ctx.work / "teacher-cache" / f"new-{Path(entry).name}"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    with local.open("wb") as fh:
+        teacher_cache.write_entry(fh, key, train, evals)
+    cache.upload_file(local, entry)
+    local.unlink()
 
 
 def teacher_pass(ctx: RunContext, compute) -> tuple[TeacherOutputs, TeacherOutputs]:
     """Both splits' teacher outputs: on one process, or with every rank computing a share of the
     rows (distributed.shared_outputs; the other ranks join through join_teacher_pass)."""
     if ctx.signal is None:
-        train_out = compute(ctx.train_data)
-        ctx.progress.fraction(0.8)
-        return train_out, compute(ctx.eval_data)
+        return one_process_pass(ctx, compute, "teacher")
     ctx.progress.log(f"the teacher's outputs: each of {ctx.world.size} processes computes a share of the rows")
     ctx.signal.send_teacher_pass()
     train_out, eval_out = distributed.shared_outputs(compute, [ctx.train_data, ctx.eval_data], ctx.world)
@@ -247,7 +267,7 @@ def join_teacher_pass(ctx: RunContext) -> None:
         compute = teacher_compute(ctx, net, onnx)
     except Exception as err:  # noqa: BLE001 - the gathers must still be joined; rank 0 raises it
 
-        def compute(data: Encoded, err=err) -> TeacherOutputs:
+        def compute(data: Encoded, into: Path | None = None, err=err) -> TeacherOutputs:
             raise err
     distributed.shared_outputs(compute, [ctx.train_data, ctx.eval_data], ctx.world)
 
@@ -265,13 +285,7 @@ def ensemble_outputs(ctx: RunContext, cache, prefix: str) -> EnsembleRun:
         else:
             net, onnx = load_torch_model(path, member.format, spec.teacher.task, None), None
             task.check_head(num_labels(ctx), net.class_count(), field)
-            net.to(ctx.device)
-
-        def compute(data: Encoded, net=net, onnx=onnx) -> TeacherOutputs:
-            if onnx is not None:
-                return onnx.outputs(data, task.eval_batch)
-            return torch_outputs(net, data, task.eval_batch, ctx.device,
-                                 lambda out: task.teacher_targets(out, spec.distillation))
+        compute = teacher_compute(ctx, net, onnx)
 
         member_spec = spec.model_copy(update={"teacher": spec.teacher.model_copy(
             update={"uri": member.uri, "format": member.format})})
@@ -279,10 +293,10 @@ def ensemble_outputs(ctx: RunContext, cache, prefix: str) -> EnsembleRun:
         entry = teacher_cache.entry_key(prefix, key)
         found = cached_teacher_outputs(ctx, cache, entry, key, compute)
         if found is None:
-            found = compute(ctx.train_data), compute(ctx.eval_data)
+            found = one_process_pass(ctx, compute, f"ensemble-{i}")
             require_finite(found[0], f"{field}'s", "train")
             require_finite(found[1], f"{field}'s", "eval")
-            cache.write_bytes(entry, teacher_cache.encode_entry(key, *found))
+            store_entry(ctx, cache, entry, key, *found)
         if net is not None:
             net.cpu()
         ensemble.check_compatible(ctx.teacher.train, found[0], field)
@@ -299,9 +313,11 @@ def cached_teacher_outputs(ctx: RunContext, cache, entry: str, key: str, compute
     if not cache.exists(entry):
         return None
     uri = cache.uri_for(entry)
+    local = ctx.work / "teacher-cache" / Path(entry).name
+    local.parent.mkdir(parents=True, exist_ok=True)
+    cache.download_file(entry, local)
     try:
-        train_out, eval_out = teacher_cache.decode_entry(cache.read_bytes(entry), key, len(ctx.train_data),
-                                                         len(ctx.eval_data))
+        train_out, eval_out = teacher_cache.read_entry(local, key, len(ctx.train_data), len(ctx.eval_data))
         for split, data, cached in (("train", ctx.train_data, train_out), ("eval", ctx.eval_data, eval_out)):
             rows = teacher_cache.sample_rows(len(data))
             if not teacher_cache.outputs_agree(cached.rows(rows), compute(data.rows(rows))):

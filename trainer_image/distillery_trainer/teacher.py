@@ -15,7 +15,7 @@ from distillery_trainer.encode import Encoded
 from distillery_trainer.errors import InputError
 from distillery_trainer.nets import BuiltinWrapper, HFNet, Net, Outputs
 from distillery_trainer.onnx_tools import require_provider
-from distillery_trainer.outputs import TeacherOutputs
+from distillery_trainer.outputs import OutputWriter, TeacherOutputs
 from distillery_trainer.tasks import TEXT_TASKS, for_task
 
 __all__ = ["TEXT_TASKS", "OnnxTeacher", "TeacherOutputs", "TeacherSide", "load_torch_model", "torch_outputs"]
@@ -41,17 +41,23 @@ def load_torch_model(path: Path, fmt: TeacherFormat, task: Task, num_labels: int
 
 @torch.no_grad()
 def torch_outputs(net: Net, data: Encoded, batch_size: int, device: torch.device,
-                  keep: Callable[[Outputs], TeacherOutputs] | None = None) -> TeacherOutputs:
+                  keep: Callable[[Outputs], TeacherOutputs] | None = None, into: Path | None = None) -> TeacherOutputs:
     """The net's outputs on every row; `keep` picks what is kept of each batch (default: logits
-    and pooled vectors, on the CPU)."""
+    and pooled vectors, on the CPU). With `into`, written there as memory-mapped files (a
+    large split's outputs), else gathered in memory."""
     net.eval()
     keep = keep or (lambda out: TeacherOutputs(None if out.logits is None else out.logits.float().cpu(),
                                                out.pooled.float().cpu()))
+    writer = OutputWriter(into, len(data)) if into is not None else None
     parts = []
     for batch in data.batches(batch_size, device):
         with autocast(device):
-            parts.append(keep(net.outputs(batch)))
-    return TeacherOutputs.concat(parts)
+            part = keep(net.outputs(batch))
+        if writer is not None:
+            writer.add(part)
+        else:
+            parts.append(part)
+    return writer.finish() if writer is not None else TeacherOutputs.concat(parts)
 
 
 def autocast(device: torch.device):
@@ -101,12 +107,18 @@ class OnnxTeacher:
             feed[name] = value
         return feed
 
-    def outputs(self, data: Encoded, batch_size: int) -> TeacherOutputs:
+    def outputs(self, data: Encoded, batch_size: int, into: Path | None = None) -> TeacherOutputs:
+        """The teacher's outputs on every row (written under `into` as torch_outputs does)."""
+        writer = OutputWriter(into, len(data)) if into is not None else None
         parts = []
         for batch in data.batches(batch_size):
             raw = torch.from_numpy(np.asarray(self.session.run(None, self._feed(batch))[0])).float()
-            parts.append(self.strategy.from_onnx_teacher(raw, batch))
-        return TeacherOutputs.concat(parts)
+            part = self.strategy.from_onnx_teacher(raw, batch)
+            if writer is not None:
+                writer.add(part)
+            else:
+                parts.append(part)
+        return writer.finish() if writer is not None else TeacherOutputs.concat(parts)
 
 
 @dataclass

@@ -14,15 +14,19 @@ shared cacheUri (they cannot know which rows will be checked).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import secrets
 import struct
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
+import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
 from distillery.api.job import DistillationJobSpec, Task
 from distillery.api.result import InputDigests
@@ -38,6 +42,12 @@ DEFAULT_PREFIX = "cache/"
 SPOT_CHECK_ROWS = 8
 SPOT_CHECK_RTOL = 0.05
 SPOT_CHECK_ATOL = 1e-3
+# Rows hashed, written or checked at a time: entries larger than memory stream through.
+CHUNK_ROWS = 4096
+# The dtypes outputs are kept in (logits, pooled vectors, log-probabilities, token ids), by their
+# safetensors names.
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.int32: "I32", torch.int64: "I64"}
+NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "I32": np.int32, "I64": np.int64}
 
 
 class BadCacheEntry(ValueError):
@@ -59,13 +69,23 @@ def file_tree_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def row_bytes(tensor: torch.Tensor, rows: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
+    """The tensor's values as raw bytes (row-major), a chunk of rows at a time."""
+    tensor = tensor.detach()
+    if tensor.dim() == 0:
+        tensor = tensor.reshape(1)
+    for start in range(0, len(tensor), rows):
+        yield tensor[start:start + rows].cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+
+
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over named tensors: names, dtypes, shapes and values."""
+    """sha256 over named tensors: names, dtypes, shapes and values (read a chunk of rows at a time)."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
+        tensor = tensors[name]
         digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        for chunk in row_bytes(tensor):
+            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -109,10 +129,35 @@ def entry_key(prefix: str, key: str) -> str:
 # ----------------------------------------------------------------------------- entries
 
 
-def encode_entry(key: str, train: TeacherOutputs, evals: TeacherOutputs) -> bytes:
+def write_entry(stream: BinaryIO, key: str, train: TeacherOutputs, evals: TeacherOutputs) -> None:
+    """The entry as a safetensors file written to `stream` a chunk of rows at a time (the outputs
+    may be memory-mapped and larger than memory); the metadata carries the key and the hash."""
     tensors = {**train.as_tensors("train"), **evals.as_tensors("eval")}
-    metadata = {"format": str(CACHE_FORMAT), "key": key, "sha256": tensors_digest(tensors)}
-    return save_safetensors(tensors, metadata=metadata)
+    header: dict = {"__metadata__": {"format": str(CACHE_FORMAT), "key": key, "sha256": tensors_digest(tensors)}}
+    # Widest dtype first, as safetensors writes them, so every tensor starts aligned to its dtype.
+    names = sorted(tensors, key=lambda n: (-tensors[n].element_size(), n))
+    offset = 0
+    for name in names:
+        tensor = tensors[name]
+        if tensor.dtype not in SAFETENSORS_DTYPES:
+            raise ValueError(f"outputs {name} have dtype {tensor.dtype}, which the cache does not keep")
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    stream.write(struct.pack("<Q", len(text)))
+    stream.write(text)
+    for name in names:
+        for chunk in row_bytes(tensors[name]):
+            stream.write(chunk.data)
+
+
+def encode_entry(key: str, train: TeacherOutputs, evals: TeacherOutputs) -> bytes:
+    buffer = io.BytesIO()
+    write_entry(buffer, key, train, evals)
+    return buffer.getvalue()
 
 
 def _metadata(data: bytes) -> dict:
@@ -130,16 +175,14 @@ def _metadata(data: bytes) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def decode_entry(data: bytes, key: str, train_rows: int, eval_rows: int) -> tuple[TeacherOutputs, TeacherOutputs]:
-    """The (train, eval) outputs of an entry, after checking its key, its hash, its row counts and
-    that every value is finite. Raises BadCacheEntry."""
-    meta = _metadata(data)
+def _check_meta(meta: dict, key: str) -> None:
     if meta.get("format") != str(CACHE_FORMAT) or meta.get("key") != key:
         raise BadCacheEntry("it was written for another format or key")
-    try:
-        tensors = load_safetensors(data)
-    except Exception:  # noqa: BLE001 - safetensors raises its own error types
-        raise BadCacheEntry("it is not a readable safetensors file") from None
+
+
+def _believed(tensors: dict[str, torch.Tensor], meta: dict, train_rows: int,
+              eval_rows: int) -> tuple[TeacherOutputs, TeacherOutputs]:
+    """The outputs of an entry whose tensors match its hash, have one row per example and are finite."""
     if meta.get("sha256") != tensors_digest(tensors):
         raise BadCacheEntry("its content hash does not match its tensors")
     train, evals = TeacherOutputs.from_tensors(tensors, "train"), TeacherOutputs.from_tensors(tensors, "eval")
@@ -151,6 +194,45 @@ def decode_entry(data: bytes, key: str, train_rows: int, eval_rows: int) -> tupl
         if outputs.first_non_finite_row() is not None:
             raise BadCacheEntry(f"its {name} outputs are not finite")
     return train, evals
+
+
+def decode_entry(data: bytes, key: str, train_rows: int, eval_rows: int) -> tuple[TeacherOutputs, TeacherOutputs]:
+    """The (train, eval) outputs of an entry held in memory, after checking its key, its hash, its
+    row counts and that every value is finite. Raises BadCacheEntry."""
+    meta = _metadata(data)
+    _check_meta(meta, key)
+    try:
+        tensors = load_safetensors(data)
+    except Exception:  # noqa: BLE001 - safetensors raises its own error types
+        raise BadCacheEntry("it is not a readable safetensors file") from None
+    return _believed(tensors, meta, train_rows, eval_rows)
+
+
+def read_entry(path: Path, key: str, train_rows: int, eval_rows: int) -> tuple[TeacherOutputs, TeacherOutputs]:
+    """decode_entry for an entry downloaded to `path`: the same checks, with the tensors
+    memory-mapped from the file instead of read into memory. Raises BadCacheEntry."""
+    try:
+        with safe_open(str(path), framework="pt") as entry:  # checks the header and the offsets
+            meta = entry.metadata() or {}
+            names = list(entry.keys())
+    except Exception:  # noqa: BLE001 - safetensors raises its own error types
+        raise BadCacheEntry("it is not a readable safetensors file") from None
+    _check_meta(meta, key)
+    with path.open("rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(length))
+    tensors = {}
+    for name in names:
+        info = header[name]
+        dtype = NUMPY_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise BadCacheEntry(f"its tensor {name} has dtype {info['dtype']}, which outputs never have")
+        shape = tuple(info["shape"])
+        begin = 8 + length + info["data_offsets"][0]
+        values = np.memmap(path, dtype=dtype, mode="c", offset=begin, shape=shape) if math.prod(shape) \
+            else np.zeros(shape, dtype=dtype)
+        tensors[name] = torch.from_numpy(values)
+    return _believed(tensors, meta, train_rows, eval_rows)
 
 
 def well_shaped(outputs: TeacherOutputs, rows: int) -> bool:

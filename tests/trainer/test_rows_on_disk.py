@@ -110,7 +110,7 @@ class WordTokenizer:
 
 
 def test_text_encoded_on_disk_equals_text_encoded_in_memory(tmp_path, monkeypatch):
-    monkeypatch.setattr("distillery_trainer.encode.CHUNK_ROWS", 2)
+    monkeypatch.setattr("distillery_trainer.encode.TEXT_CHUNK_ROWS", 2)
     texts = ["a bb ccc", "dddd", "e f g h i j", "kk"]
     split = Split("train", texts=texts, labels=np.arange(4))
     in_memory = encode_text(split, WordTokenizer(), 5)

@@ -12,7 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distillery_trainer.data import CHUNK_ROWS, Split
+from distillery_trainer.data import Split
+
+# Texts tokenized at a time. A fast tokenizer holds every token of a whole text before truncating
+# it: 4096 BBC articles took 730 MB, 256 take 55 MB, at the same speed.
+TEXT_CHUNK_ROWS = 256
 
 
 @dataclass
@@ -60,7 +64,7 @@ def encode_text(split: Split, tokenizer, max_length: int, into: Path | None = No
                                                shape=(len(split), max_length))
                for name in ("input_ids", "attention_mask")}
     row, longest = 0, 1
-    for texts in split.text_chunks(CHUNK_ROWS):
+    for texts in split.text_chunks(TEXT_CHUNK_ROWS):
         enc = tokenizer(texts, truncation=True, max_length=max_length, padding="max_length", return_tensors="np")
         for name, column in columns.items():
             column[row:row + len(texts)] = enc[name]

@@ -8,6 +8,7 @@ whole (a few bytes per row).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import struct
@@ -201,17 +202,31 @@ def read_jsonl(path: Path, spec: Dataset, name: str, max_rows: int | None, need_
                  text_rows=TextRows(path, np.frombuffer(offsets, dtype=np.int64), spec.text_field))
 
 
-def _npz_array(arrays, key: str, path: Path, field: str) -> np.ndarray:
-    """One (small) array of an NPZ file, read without pickles; a bad member is named, not dumped."""
+class _ObjectArray(ValueError):
+    """An NPZ member of Python objects (which only unpickling could read)."""
+
+
+@contextlib.contextmanager
+def _member_errors(path: Path, key: str, field: str) -> Iterator[None]:
+    """Errors reading one NPZ member, as InputErrors that name the member and never dump it."""
     try:
-        return arrays[key]
-    except ValueError:
+        yield
+    except _ObjectArray:
         raise InputError(
             f"{path}: array {key!r} ({field}) holds Python objects; only numeric arrays are read "
             "(nothing is unpickled)"
         ) from None
     except Exception:  # noqa: BLE001 - zip and format errors of a damaged member
         raise InputError(f"{path}: array {key!r} ({field}) cannot be read (damaged NPZ member)") from None
+
+
+def _npz_array(arrays, key: str, path: Path, field: str) -> np.ndarray:
+    """One (small) array of an NPZ file, read whole without pickles."""
+    with _member_errors(path, key, field):
+        try:
+            return arrays[key]
+        except ValueError:  # numpy refuses object arrays when pickles are not allowed
+            raise _ObjectArray(key) from None
 
 
 def _stored_member_offset(path: Path, info: zipfile.ZipInfo) -> int:
@@ -223,10 +238,6 @@ def _stored_member_offset(path: Path, info: zipfile.ZipInfo) -> int:
             raise ValueError("bad local header")
         name_length, extra_length = struct.unpack("<HH", local[26:30])
         return info.header_offset + 30 + name_length + extra_length
-
-
-class _ObjectArray(ValueError):
-    """An NPZ member of Python objects (which only unpickling could read)."""
 
 
 def _mapped_member(path: Path, key: str, scratch: Path) -> np.ndarray:
@@ -306,16 +317,8 @@ def read_npz(path: Path, spec: Dataset, name: str, max_rows: int | None, need_la
         raise InputError(
             f"{path}: no array {spec.features_field!r} (dataset.featuresField); has {sorted(arrays.files)[:20]}"
         )
-    try:
+    with _member_errors(path, spec.features_field, "dataset.featuresField"):
         raw_x = _mapped_member(path, spec.features_field, scratch / name)
-    except _ObjectArray:
-        raise InputError(
-            f"{path}: array {spec.features_field!r} (dataset.featuresField) holds Python objects; only numeric "
-            "arrays are read (nothing is unpickled)"
-        ) from None
-    except Exception:  # noqa: BLE001 - zip and format errors of a damaged member
-        raise InputError(f"{path}: array {spec.features_field!r} (dataset.featuresField) cannot be read "
-                         "(damaged NPZ member)") from None
     if raw_x.dtype.kind not in "biuf":
         raise InputError(
             f"{path}: array {spec.features_field!r} (dataset.featuresField) has dtype {raw_x.dtype.str}; "

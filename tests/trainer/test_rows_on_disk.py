@@ -94,6 +94,9 @@ def test_jsonl_texts_stay_in_the_file_and_read_back_in_order(tmp_path):
     assert split.all_texts() == [r["text"] for r in rows]
     assert split.raw_labels == [r["label"] for r in rows]
     assert len(read_jsonl(path, jsonl_spec(), "train", 5, True)) == 5
+    path.write_bytes(b"{not json\n" * 20)  # replaced after it was checked
+    with pytest.raises(InputError, match="changed while it was read"):
+        split.all_texts()
 
 
 class WordTokenizer:

@@ -46,7 +46,10 @@ class TextRows:
                 texts = []
                 for offset in self.offsets[start:start + size]:
                     fh.seek(int(offset))
-                    row = json.loads(fh.readline())
+                    try:
+                        row = json.loads(fh.readline())
+                    except ValueError:  # JSON and UTF-8 errors: the lines were fine when first read
+                        row = None
                     if not isinstance(row, dict) or not isinstance(row.get(self.field), str):
                         raise InputError(f"{self.path}: the file changed while it was read")
                     texts.append(row[self.field])

@@ -18,6 +18,7 @@ from distillery_trainer import teacher_cache
 from distillery_trainer.data import Split, read_jsonl, read_npz
 from distillery_trainer.encode import encode_text
 from distillery_trainer.errors import InputError
+from distillery_trainer.evaluation import knn_accuracy
 from distillery_trainer.outputs import OutputWriter, TeacherOutputs
 
 
@@ -186,3 +187,15 @@ def test_a_tampered_file_entry_is_not_believed(tmp_path):
     path.write_bytes(bytes(blob[:-9]))  # cut short
     with pytest.raises(teacher_cache.BadCacheEntry, match="not a readable safetensors file"):
         teacher_cache.read_entry(path, "k", 10, 4)
+
+
+def test_knn_over_an_index_read_in_chunks_is_the_whole_index_knn():
+    g = torch.Generator().manual_seed(0)
+    index, labels = torch.randn(1000, 8, generator=g), torch.randint(0, 5, (1000,), generator=g)
+    queries, query_labels = torch.randn(300, 8, generator=g), torch.randint(0, 5, (300,), generator=g)
+    index[700] = index[3]  # a tie goes to the earlier row either way
+    labels[700] = (labels[3] + 1) % 5
+    nearest = (torch.nn.functional.normalize(queries, dim=-1)
+               @ torch.nn.functional.normalize(index, dim=-1).T).argmax(dim=1)
+    whole = int((labels[nearest] == query_labels).sum()) / 300
+    assert knn_accuracy(index, labels, queries, query_labels, chunk=64, index_chunk=97) == whole

@@ -19,13 +19,22 @@ class Quality:
 
 
 def knn_accuracy(index_emb: torch.Tensor, index_labels: torch.Tensor,
-                 query_emb: torch.Tensor, query_labels: torch.Tensor, chunk: int = 1024) -> float:
-    """1-nearest-neighbour accuracy by cosine similarity (eval queries against the train split)."""
-    index = F.normalize(index_emb.float(), dim=-1)
+                 query_emb: torch.Tensor, query_labels: torch.Tensor, chunk: int = 1024,
+                 index_chunk: int = 4096) -> float:
+    """1-nearest-neighbour accuracy by cosine similarity (eval queries against the train split).
+    The index is read a chunk of rows at a time (it may be memory-mapped and large); ties go to
+    the earliest index row, as one argmax over the whole index would."""
     correct = 0
     for start in range(0, len(query_emb), chunk):
         q = F.normalize(query_emb[start:start + chunk].float(), dim=-1)
-        nearest = (q @ index.T).argmax(dim=1)
+        best = torch.full((len(q),), -float("inf"))
+        nearest = torch.zeros(len(q), dtype=torch.long)
+        for offset in range(0, len(index_emb), index_chunk):
+            part = F.normalize(index_emb[offset:offset + index_chunk].float(), dim=-1)
+            sims, found = (q @ part.T).max(dim=1)
+            better = sims > best
+            best = torch.where(better, sims, best)
+            nearest = torch.where(better, found + offset, nearest)
         correct += int((index_labels[nearest] == query_labels[start:start + chunk]).sum())
     return correct / len(query_emb)
 

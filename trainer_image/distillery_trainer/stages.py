@@ -452,7 +452,8 @@ def evaluate(ctx: RunContext) -> None:
     student.to(ctx.device).eval()
     student_eval = torch_outputs(student, ctx.eval_data, EVAL_BATCH, ctx.device)
     require_finite(student_eval, "the student's", "eval")
-    student_train = (torch_outputs(student, ctx.train_data, EVAL_BATCH, ctx.device)
+    student_train = (torch_outputs(student, ctx.train_data, EVAL_BATCH, ctx.device,
+                                   into=ctx.work / "outputs" / "student" / "train")
                      if task.quality_needs_train_outputs else None)
     ctx.quality["student"] = task.quality(student_eval, ctx.teacher.eval, eval_labels, student_train, train_labels)
     ctx.quality["teacher"] = task.quality(ctx.teacher.eval, None, eval_labels, ctx.teacher.train, train_labels)

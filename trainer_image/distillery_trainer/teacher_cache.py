@@ -69,8 +69,9 @@ def file_tree_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def row_bytes(tensor: torch.Tensor, rows: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
-    """The tensor's values as raw bytes (row-major), a chunk of rows at a time."""
+def row_bytes(tensor: torch.Tensor, rows: int | None = None) -> Iterator[np.ndarray]:
+    """The tensor's values as raw bytes (row-major), `rows` (default CHUNK_ROWS) rows at a time."""
+    rows = rows or CHUNK_ROWS
     tensor = tensor.detach()
     if tensor.dim() == 0:
         tensor = tensor.reshape(1)

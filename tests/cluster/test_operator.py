@@ -211,7 +211,9 @@ def test_operator_restarts_lose_nothing_and_duplicate_nothing(
 
 def test_spec_change_starts_a_new_generation_but_label_edits_do_not(
         control_plane, namespace, operator, digits_workspace, tmp_path):
-    doc = job_document(digits_workspace, tmp_path / "o1", "edited", distillation={"epochs": 30})
+    # Far more steps than the test waits for: on a fast machine 30 epochs ended in 6 s, before the
+    # operator's first progress read. The spec change below replaces this run long before its end.
+    doc = job_document(digits_workspace, tmp_path / "o1", "edited", distillation={"epochs": 1000, "batchSize": 16})
     apply(control_plane, namespace, doc)
     wait_for(lambda: trainer_jobs(control_plane, namespace, "edited"), 180, "the first trainer Job")
     # While the trainer runs, status.progress advances (read from the store's progress.json).
@@ -220,7 +222,7 @@ def test_spec_change_starts_a_new_generation_but_label_edits_do_not(
         return progress if progress.get("stage") == "training" and progress.get("epoch") else None
 
     progress = wait_for(training_progress, TRAINER_TIMEOUT, "training progress", on_timeout=operator.logs)
-    assert 20.0 <= progress["percent"] < 80.0 and progress["totalEpochs"] == 30
+    assert 20.0 <= progress["percent"] < 80.0 and progress["totalEpochs"] == 1000
     control_plane.kubectl("label", "dj", "edited", "-n", namespace, "team=vision")
     control_plane.kubectl("annotate", "dj", "edited", "-n", namespace, "argocd.argoproj.io/sync-wave=1")
     doc["spec"]["distillation"]["epochs"] = 1

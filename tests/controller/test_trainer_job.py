@@ -99,6 +99,8 @@ def test_several_workers_are_an_indexed_job_behind_a_headless_service():
     job = build(resources={"workers": 3, "gpus": 2})
     spec, pod = job["spec"], job["spec"]["template"]["spec"]
     assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 3, 3)
+    # Each group restart fails every pod: the retries are counted per group.
+    assert spec["backoffLimit"] == 3 * build()["spec"]["backoffLimit"]
     assert pod["subdomain"] == "distill-news-workers"
     env = env_of(job)
     assert env["DISTILLERY_NNODES"]["value"] == "3" and env["DISTILLERY_NPROC_PER_NODE"]["value"] == "2"

@@ -534,6 +534,38 @@ def test_two_workers_rendezvous_by_dns_and_make_one_student(stack: Stack):
     assert len(students) == 1
 
 
+def _checkpoint_step(stack: Stack, name: str) -> int:
+    """The step of the newest complete checkpoint of the job's current generation (0: none)."""
+    generation = stack.dj(name)["metadata"]["generation"]
+    key = f"runs/{name}/g{generation}/checkpoints/latest.json"
+    if key not in stack.object_keys(key):
+        return 0
+    return int(json.loads(stack.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())["state"]["global_step"])
+
+
+def test_a_deleted_worker_pod_restarts_the_group_from_the_checkpoint(stack: Stack):
+    """Worker 1 of a two-pod job is deleted mid-training: the Job replaces it, worker 0's
+    processes fail on the lost peer and their pod is replaced too, the new pods rendezvous again,
+    and training resumes from the last checkpoint (Job retries, not torchrun restarts)."""
+    c = stack.cluster
+    c.apply(digits_job("workers-kill", resources={"workers": 2}, distillation=LONG_TRAINING))
+    # Step 0 is the student rank 0 shares; wait for a checkpoint written by training.
+    wait_for(lambda: _checkpoint_step(stack, "workers-kill") >= 50, PROGRESS_TIMEOUT,
+             "a training checkpoint of workers-kill", lambda: stack.explain("workers-kill"), 1)
+    [worker1] = [p for p in stack.trainer_pods("workers-kill")
+                 if p["metadata"]["labels"].get("batch.kubernetes.io/job-completion-index") == "1"]
+    c.kubectl("delete", "pod", "-n", JOBS_NS, worker1["metadata"]["name"], "--wait=false")
+    status = stack.wait_final("workers-kill")
+    assert status["phase"] == "Succeeded" and status["accepted"] is True, stack.explain("workers-kill")
+    training = stack.result("workers-kill")["training"]
+    assert training["worldSize"] == 2
+    assert (training.get("resumedFromStep") or 0) >= 50, training
+    assert training["steps"] == LONG_TRAINING["epochs"] * 175  # 1400 rows / batch 8: every step once
+    # The deleted pod and its peer count as the Job's failures; both indexes were run again.
+    [job] = stack.trainer_jobs("workers-kill")
+    assert job["status"]["failed"] >= 2 and job["status"]["completedIndexes"] == "0,1", job["status"]
+
+
 def test_helm_upgrade_rolls_the_operator(stack: Stack):
     c = stack.cluster
     [before] = stack.operator_pods()

@@ -189,7 +189,10 @@ def build_trainer_job(job: DistillationJob, uid: str, generation: int, settings:
     if r.tolerations:
         pod_spec["tolerations"] = [t.to_wire() for t in r.tolerations]
     job_spec: dict[str, Any] = {
-        "backoffLimit": settings.backoff_limit,
+        # A lost worker pod fails its peers too (they lose the connection): one restart of a group
+        # counts a failure per pod (measured: deleting worker 1 of 2 counted 2), so the limit is
+        # retries of the whole group.
+        "backoffLimit": settings.backoff_limit * r.pods(),
         "ttlSecondsAfterFinished": settings.job_ttl_seconds,
         # Bad input fails the same way on every retry: stop at once instead of retrying.
         "podFailurePolicy": {"rules": [

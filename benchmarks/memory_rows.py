@@ -8,9 +8,10 @@ accuracy is not what is measured. Each size is one fresh `distillery run` (seque
 classification, 64 tokens, 1 epoch, batch 64, 1-layer student, no int8, no cache from an earlier
 size), watched from outside every 0.1 s:
 
-  peak RSS          the kernel's high-water mark of the process's resident pages (ru_maxrss);
-                    it counts the pages of memory-mapped data files the process has touched,
-                    which the kernel can drop and read again (they are page cache)
+  peak RSS          the kernel's high-water mark of the process's resident pages (VmHWM, the
+                    last value read before it exits); it counts the pages of memory-mapped data
+                    files the process has touched, which the kernel can drop and read again
+                    (they are page cache)
   peak anonymous    the largest RssAnon seen: memory only the process holds (the heap: tensors,
                     Python objects, the model); what an out-of-memory kill counts first
   peak file-backed  the largest RssFile seen (mapped files: libraries and the data files)
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -74,12 +74,12 @@ def job_document(teacher: Path, train: Path, evals: Path, out: Path) -> dict:
 
 
 def status_kib(pid: int) -> dict[str, int]:
-    """VmRSS, RssAnon and RssFile of a live process, in KiB (empty once it has exited)."""
+    """VmHWM, RssAnon and RssFile of a live process, in KiB (empty once it has exited)."""
     out = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             name, _, value = line.partition(":")
-            if name in ("VmRSS", "RssAnon", "RssFile"):
+            if name in ("VmHWM", "RssAnon", "RssFile"):
                 out[name] = int(value.split()[0])
     except (OSError, ValueError):
         return {}
@@ -87,13 +87,12 @@ def status_kib(pid: int) -> dict[str, int]:
 
 
 def run_watched(job_file: Path) -> dict:
-    """One `distillery run`, its memory sampled every 0.1 s; peak RSS from the kernel at the end."""
+    """One `distillery run`, its memory sampled every 0.1 s."""
     command = [sys.executable, "-m", "distillery.cli", "run", str(job_file), "--json", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peaks = {"RssAnon": 0, "RssFile": 0, "VmRSS": 0}
+    peaks = {"RssAnon": 0, "RssFile": 0, "VmHWM": 0}
     done = threading.Event()
 
     def sample() -> None:
@@ -110,13 +109,10 @@ def run_watched(job_file: Path) -> dict:
     wall = time.perf_counter() - started
     if proc.returncode not in (0, 3):
         raise SystemExit(f"the run failed ({proc.returncode}):\n{stderr[-3000:]}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     result = json.loads(stdout)
     return {"wall_s": round(wall, 1), "exit": proc.returncode,
-            # ru_maxrss of children is the largest child so far: only a new maximum is this run's.
-            "peak_rss_mib": round(after / 1024, 1) if after > before else None,
+            "peak_rss_mib": round(peaks["VmHWM"] / 1024, 1),
             "peak_anon_mib": round(peaks["RssAnon"] / 1024, 1), "peak_file_mib": round(peaks["RssFile"] / 1024, 1),
-            "peak_sampled_rss_mib": round(peaks["VmRSS"] / 1024, 1),
             "steps": result["training"]["steps"], "accuracy": result["student"]["accuracy"]}
 
 
@@ -151,7 +147,7 @@ def main(argv=None) -> int:
     table = bc.markdown_table(
         ["train rows", "JSONL MiB", "peak RSS MiB", "peak anonymous MiB", "peak file-backed MiB", "wall s",
          "steps"],
-        [[f"{r['rows']:,} ({r['factor']}x)", r["jsonl_mib"], r["peak_rss_mib"] or "-", r["peak_anon_mib"],
+        [[f"{r['rows']:,} ({r['factor']}x)", r["jsonl_mib"], r["peak_rss_mib"], r["peak_anon_mib"],
           r["peak_file_mib"], r["wall_s"], r["steps"]] for r in measured])
     markdown = f"""# Peak memory as the train split grows (benchmarks/memory_rows.py{' --quick' if args.quick else ''})
 

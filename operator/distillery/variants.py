@@ -63,7 +63,7 @@ def judge(targets: Targets, teacher: ModelMetrics, candidates: list[Candidate],
     judged: list[tuple[Variant, Scores, Verdict]] = []
     for c in candidates:
         m = measured(c.metrics)
-        if m is None:  # e.g. a causal LM's int8 prefill graph: its decoding is not measured
+        if m is None:  # e.g. a causal LM's int8 graph in results from before its decoding was measured
             variants.append(Variant(name=c.name, artifact=c.artifact, metrics=c.metrics, accepted=False,
                                     reasons=[NOT_JUDGED]))
             continue

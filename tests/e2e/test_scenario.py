@@ -369,17 +369,21 @@ def test_artifacts_in_the_bucket_load(stack: Stack, first_wave):
             weights = load_file(str(Path(tmp) / "model" / "model.safetensors"))
             assert weights and all(np.isfinite(w).all() for w in weights.values())
             session = ort.InferenceSession(str(Path(tmp) / "model.onnx"), providers=["CPUExecutionProvider"])
-            if name == "decoder":  # a Hugging Face decoder that generates, and its prefill graph
+            if name == "decoder":  # a Hugging Face decoder, and its KV-cache graph decodes to the same tokens
                 import torch
                 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+                from distillery.api.job import Hardware
+                from distillery_trainer.lm.onnx_decoder import DecoderSession
 
                 model = AutoModelForCausalLM.from_pretrained(str(Path(tmp) / "model"), use_safetensors=True)
                 assert model.config.num_hidden_layers == 4
                 ids = AutoTokenizer.from_pretrained(str(Path(tmp) / "model"))("shares rose", return_tensors="pt")
                 with torch.no_grad():
-                    assert model.generate(**ids, max_new_tokens=4, do_sample=False).shape[1] == ids["input_ids"].shape[1] + 4
-                feeds = {i.name: ids[i.name].numpy().astype(np.int64) for i in session.get_inputs()}
-                assert session.run(None, feeds)[0].shape == (1, ids["input_ids"].shape[1], model.config.vocab_size)
+                    generated = model.generate(**ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+                decoded = DecoderSession(Path(tmp) / "model.onnx", Hardware.CPU, 1).greedy_decode(
+                    ids["input_ids"].numpy(), steps=3)
+                assert np.array_equal(decoded, generated[:, ids["input_ids"].shape[1]:].numpy())
             elif name == "digits":
                 x = np.load(stack.digits / "data" / "eval.npz")["x"][:8]
                 logits = session.run(None, {session.get_inputs()[0].name: x})[0]

@@ -96,9 +96,6 @@ def check_causal_lm_spec(job: DistillationJob) -> None:
     if spec.ensemble is not None:
         raise InputError("ensemble: not supported for causal-lm yet (the teachers' top-k next-token caches "
                          "would need merging); use one teacher")
-    if spec.targets.max_memory_bytes is not None:
-        raise InputError("targets.maxMemoryBytes: runtime memory is not measured for causal-lm yet "
-                         "(decode runs in torch, not onnxruntime)")
     student = spec.student
     protect = student.keep_first_and_last is not False
     scoring = student.method == ExtractionMethod.IMPORTANCE

@@ -80,7 +80,7 @@ def table(result: TrainerResult) -> str:
         lines.append(f"width              {result.width.summary()}")
     if result.vocabulary is not None:
         lines.append(f"vocabulary         {vocabulary_summary(result.vocabulary)}")
-    how = "decode at batch 1, torch" if decode else "onnxruntime"
+    how = "onnxruntime, decode at batch 1 with a KV cache" if decode else "onnxruntime"
     lines.append(f"speedup            {result.speedup:.2f}x  ({result.hardware.value}, {how})")
     lines.append(f"accuracy retention {result.accuracy_retention:.4f}")
     lines.append(f"compression ratio  {result.compression_ratio:.2f}x")
@@ -134,7 +134,7 @@ def measured_how(result: TrainerResult, spec) -> str:
 
     bench = spec.benchmark
     if for_task(result.task).causal:
-        return (f"eval text in {spec.dataset.max_sequence_length}-token blocks; decode latency in torch on "
+        return (f"eval text in {spec.dataset.max_sequence_length}-token blocks; decode latency with onnxruntime and a KV cache on "
                 f"{result.hardware.value}, batch 1, {bench.decode_tokens} tokens after a {bench.sequence_length}-token "
                 f"prompt; prefill at batch {bench.batch_size}")
     sequence = f", sequence {bench.sequence_length}" if for_task(result.task).text else ""

@@ -32,7 +32,7 @@ class Exported:
     staging: Path  # what write uploads: model/, model.onnx, model.int8.onnx
     weights_dir: Path
     student_onnx: Path
-    teacher_onnx: Path | None  # None for a causal LM, measured in torch
+    teacher_onnx: Path  # the teacher as ONNX, exported here unless it came as ONNX
     int8_onnx: Path | None
     example: tuple  # the benchmark batch
     onnx_max_abs_diff: float

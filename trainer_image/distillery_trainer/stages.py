@@ -540,15 +540,15 @@ def metrics(q: Quality, latency: Latency, params: int, size: int, layers: int | 
     )
 
 
-def memory_uses(paths: list, example: tuple, ctx: RunContext) -> list[MemoryUse | None]:
-    """Each model's runtime memory, measured one at a time in a fresh process (memory_probe.py).
-    A probe that fails leaves that model's memory unmeasured (one log line; a maxMemoryBytes
-    target then misses) rather than failing a run whose other numbers are sound."""
+def memory_uses(paths: list, feeds: list[dict], ctx: RunContext) -> list[MemoryUse | None]:
+    """Each model's runtime memory on its feed, measured one at a time in a fresh process
+    (memory_probe.py). A probe that fails leaves that model's memory unmeasured (one log line; a
+    maxMemoryBytes target then misses) rather than failing a run whose other numbers are sound."""
     hardware, threads = ctx.spec.targets.hardware, ctx.spec.benchmark.threads
     uses = []
-    for path in paths:
+    for path, feed in zip(paths, feeds, strict=True):
         try:
-            uses.append(measure_memory(path, feed_for_file(path, example), providers_for(hardware), threads))
+            uses.append(measure_memory(path, feed, providers_for(hardware), threads))
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
             ctx.progress.log(f"runtime memory of {path.name} not measured: {err}")
             uses.append(None)
@@ -567,7 +567,7 @@ def benchmark(ctx: RunContext) -> None:
     models = [ex.teacher_onnx, ex.student_onnx, *([ex.int8_onnx] if ex.int8_onnx else [])]
     latencies = measure_latencies(models, ex.example, spec.benchmark, hardware)
     ctx.progress.fraction(0.3)
-    memory = memory_uses(models, ex.example, ctx)
+    memory = memory_uses(models, [feed_for_file(path, ex.example) for path in models], ctx)
     ctx.progress.fraction(0.5)
     teacher_m = metrics(ctx.quality["teacher"], latencies[0], ex.teacher_parameters, ex.teacher_onnx.stat().st_size,
                         ex.teacher_layers, memory[0])
@@ -608,7 +608,7 @@ def decide(ctx: RunContext) -> None:
         raise NonFiniteError(f"measured {', '.join(bad[:5])} is NaN or infinite; check the inputs "
                              "(features contain NaN/inf?) and the learning rate")
     uris = publish.artifact_uris(ctx.store, ctx.spec, m.student_int8 is not None)
-    # What was measured as fp32: the ONNX file, or for a causal LM the weights decoded in torch.
+    # A causal LM's fp32 student is its Hugging Face directory; model.onnx, timed, is its checked export.
     fp32_artifact = uris.get("weights") if ctx.task.causal else uris.get("onnx")
     candidates = [Candidate(FP32, m.student, fp32_artifact)]
     if m.student_int8 is not None:

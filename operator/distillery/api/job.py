@@ -379,7 +379,7 @@ class Targets(ApiModel):
     max_memory_bytes: int | None = Field(
         default=None, ge=1,
         description="peak resident memory the model's onnxruntime session adds while running the benchmark "
-        "batch (memoryBytes in the metrics; not measured for causal-lm)")
+        "batch (memoryBytes in the metrics; causal-lm: a prefill of that batch, empty KV cache)")
     hardware: Hardware = Hardware.CPU
     must_improve_frontier: bool = False
     optimize_for: OptimizeFor = Field(

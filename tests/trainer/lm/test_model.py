@@ -1,11 +1,10 @@
 """The decoder wrapper: safe loading, layer cuts that keep generate() and the cache working,
-tied embeddings, saving, and an ONNX prefill graph that matches torch."""
+tied embeddings and saving (the ONNX graph: test_onnx_decoder.py)."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -106,27 +105,6 @@ def test_per_layer_config_lists_follow_the_cut(tmp_path):
     assert torch.equal(cached, uncached)
 
 
-def test_onnx_prefill_matches_torch_on_other_shapes(decoder_dir, tmp_path):
-    import onnxruntime as ort
-
-    module = CausalLMNet.load(decoder_dir).with_layers(KEEP).export_module().eval()
-    ids = torch.randint(0, 128, (2, 1))  # a one-token example: nothing may freeze at that length
-    path = tmp_path / "model.onnx"
-    torch.onnx.export(module, (ids, torch.ones_like(ids)), str(path), dynamo=False, opset_version=17,
-                      input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                      dynamic_axes={name: {0: "batch", 1: "sequence"} for name in ("input_ids", "attention_mask", "logits")})
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for shape, padding in [((3, 13), 0), ((1, 4), 0), ((2, 9), 3)]:
-        ids = torch.randint(0, 128, shape)
-        mask = torch.ones_like(ids)
-        mask[0, :padding] = 0  # left padding: the traced graph must still apply the mask
-        with torch.no_grad():
-            expected = module(ids, mask).numpy()
-        got = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
-        assert got.shape == expected.shape
-        assert np.abs(got - expected)[:, padding:].max() < 1e-4
-
-
 def layer_idx_of(layer) -> int:
     return next(m.layer_idx for m in layer.modules() if hasattr(m, "layer_idx"))
 
@@ -151,40 +129,6 @@ def test_broken_weights_are_an_input_error(tmp_path):
     (directory / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(InputError, match="cannot load the decoder"):
         CausalLMNet.load(directory)
-
-
-def test_onnx_graph_with_cache_decodes_like_torch(decoder_dir, tmp_path):
-    """Exported on a decode step, the cached graph must also do the prefill (past of length 0)
-    and every later step, matching a full torch forward at each position."""
-    import onnxruntime as ort
-
-    from distillery_trainer.lm.model import cache_io_names
-
-    student = CausalLMNet.load(decoder_dir).with_layers(KEEP)
-    past_names, present_names = cache_io_names(3)
-    past = [torch.randn(student.cache_shape(2, 5)) for _ in past_names]
-    axes = {"input_ids": {0: "batch", 1: "new"}, "attention_mask": {0: "batch", 1: "total"},
-            "logits": {0: "batch", 1: "new"}}
-    axes.update({name: {0: "batch", 2: "past"} for name in past_names})
-    axes.update({name: {0: "batch", 2: "total"} for name in present_names})
-    path = tmp_path / "cached.onnx"
-    torch.onnx.export(student.export_module_with_cache().eval(),
-                      (torch.randint(0, 128, (2, 1)), torch.ones(2, 6, dtype=torch.long), *past), str(path),
-                      dynamo=False, opset_version=17, input_names=["input_ids", "attention_mask", *past_names],
-                      output_names=["logits", *present_names], dynamic_axes=axes)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-    sequence = torch.randint(4, 128, (1, 10))
-    with torch.no_grad():
-        expected = student.model(input_ids=sequence).logits[0].numpy()
-    cache = [np.zeros(student.cache_shape(1, 0), dtype=np.float32) for _ in past_names]
-    got, seen = [], 0
-    for chunk in (sequence[:, :6], *sequence[:, 6:].split(1, dim=1)):  # prefill, then one token at a time
-        seen += chunk.shape[1]
-        logits, *cache = session.run(None, {"input_ids": chunk.numpy(), "attention_mask": np.ones((1, seen), np.int64),
-                                            **dict(zip(past_names, cache, strict=True))})
-        got.append(logits[0])
-    assert np.abs(np.concatenate(got) - expected).max() < 1e-4
 
 
 @pytest.mark.parametrize("kind", ["mistral", "qwen3"])

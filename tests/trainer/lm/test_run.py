@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from distillery.api import load_job
+from distillery.api.job import Hardware
 from distillery.api.result import TrainerResult
+from distillery_trainer.lm.onnx_decoder import DecoderSession
 from distillery_trainer.pipeline import run
 from tests.tiny_decoder import read_texts, write_tiny_llama
 from tests.trainer.text.conftest import bbc_data  # noqa: F401 - session fixture: BBC train/eval JSONL
@@ -69,10 +72,15 @@ def test_healing_lowers_the_cut_models_perplexity(healed, unhealed):
 
 def test_every_decoder_metric_is_measured(healed):
     _, result = healed
-    for model in (result.teacher, result.student):
+    for model in [variant.metrics for variant in result.variants] + [result.teacher]:
         assert model.latency_name == "decode-ms-per-token" and model.latency_p50_ms > 0
         assert model.prefill_tokens_per_second > 0 and 0 <= model.zero_shot_accuracy <= 1
-        assert 0 < model.accuracy < 1 and model.size_bytes > 0
+        assert 0 < model.accuracy < 1 and model.size_bytes > 0 and model.memory_bytes > 0
+    # int8 is kept only where it decodes faster than fp32, and is then judged like it.
+    by_name = {variant.name: variant for variant in result.variants}
+    if "int8" in by_name:
+        assert by_name["int8"].metrics.latency_p50_ms < by_name["fp32"].metrics.latency_p50_ms
+        assert by_name["int8"].speedup is not None
     assert result.teacher.num_layers == 6 and result.student.num_layers == 4
     assert result.student.parameters < result.teacher.parameters
     assert result.speedup == pytest.approx(result.teacher.latency_p50_ms / result.student.latency_p50_ms, rel=1e-3)
@@ -96,7 +104,13 @@ def test_the_student_is_a_standard_hugging_face_decoder(healed):
         cached = model.generate(**prompt, max_new_tokens=6, do_sample=False)
         plain = model.generate(**prompt, max_new_tokens=6, do_sample=False, use_cache=False)
     assert cached.shape[1] == prompt["input_ids"].shape[1] + 6 and torch.equal(cached, plain)
-    assert (out / "model.onnx").is_file()
+    # The ONNX graph decodes with its KV cache to the same tokens as generate().
+    decoder = DecoderSession(out / "model.onnx", Hardware.CPU, 1)
+    ids = prompt["input_ids"]
+    with torch.no_grad():
+        expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, min_new_tokens=6,
+                                  do_sample=False)
+    assert np.array_equal(decoder.greedy_decode(ids.numpy(), steps=5), expected[:, ids.shape[1]:].numpy())
     card = (out / "README.md").read_text()
     assert "perplexity" in card and "decode ms/token" in card
     metrics = json.loads((out / "metrics.json").read_text())

@@ -154,9 +154,6 @@ class CausalLMNet(Net):
             return Outputs(out.logits, pooled, None)
         return Outputs(out.logits, pooled, [*hs[:-1], last_block[-1]])
 
-    def export_module(self) -> nn.Module:
-        return _DecoderPrefill(self.model)
-
     def export_module_with_cache(self) -> nn.Module:
         """(input_ids, attention_mask, past key/value per layer...) -> (logits, present key/value
         per layer...): one graph for prefill (past of length 0) and each decode step."""
@@ -203,19 +200,6 @@ def renumber_attention(layers: nn.ModuleList) -> None:
         for module in layer.modules():
             if hasattr(module, "layer_idx"):
                 module.layer_idx = position
-
-
-class _DecoderPrefill(nn.Module):
-    """(input_ids, attention_mask) -> next-token logits: the prefill graph for torch.onnx.export
-    (transformers 5 models take keyword arguments only, and the cache is left out)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        with eager_attention(self.model):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
 @contextmanager

@@ -1,5 +1,9 @@
 """Decode and prefill speed of causal LMs in torch, measured the same way for teacher and student.
 
+A run times its exported ONNX graphs instead (onnx_decoder.py, which shares the prompts and the
+percentile here); this torch measurement serves benchmarks/causal_lm, which times many cut models
+without exporting each one.
+
 Decode is batch 1 with a KV cache: a seeded random prompt is prefilled (untimed), then each greedy
 step is one forward of one token with `past_key_values`, and each step is one timed sample. Prefill
 is one forward over (prefill_batch, prompt_length) tokens without a cache, reported as tokens/s.
@@ -114,7 +118,7 @@ def _eval_mode(models: list[nn.Module]):
             m.train(mode)
 
 
-def _percentile(sorted_values: list[float], share: float) -> float:
+def percentile(sorted_values: list[float], share: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, math.ceil(share * len(sorted_values)) - 1)]
 
 
@@ -151,7 +155,7 @@ def measure_speeds(models: list[nn.Module], prompt_length: int, decode_tokens: i
         steps = sorted(steps)
         speeds.append(DecodeSpeed(
             ms_per_token_p50=statistics.median(steps),
-            ms_per_token_p95=_percentile(steps, 0.95),
+            ms_per_token_p95=percentile(steps, 0.95),
             prefill_tokens_per_second=prefill_batch * prompt_length / statistics.median(prefills),
         ))
     return speeds

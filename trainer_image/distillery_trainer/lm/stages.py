@@ -2,15 +2,14 @@
 
 The rest of a run (load, reuse, teacher pass, layer selection, training, decision, write) is
 shared with stages.py. A decoder's logits over a 50k vocabulary are too large to keep for a whole
-split, so every metric here is computed batch by batch; its latency is decode time per token with
-a KV cache at batch 1 and prefill throughput, measured in torch on the target device for teacher
-and student alike (an ONNX graph without a cache could not measure decoding); the exported
-prefill ONNX graph and its int8 version are checked and measured with onnxruntime.
+split, so every metric here is computed batch by batch. Teacher and student are exported as one
+ONNX graph each with KV-cache inputs and outputs (lm/onnx_decoder.py); latency is decode time per
+token at batch 1 with that cache, plus prefill throughput, measured with onnxruntime on the target
+hardware for the teacher, the student and its int8 graph alike, in turns.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,20 +17,21 @@ import torch
 
 from distillery.api.job import ModelMetrics
 from distillery_trainer import publish
-from distillery_trainer.encode import Encoded
 from distillery_trainer.errors import NonFiniteError
 from distillery_trainer.evaluation import Quality
+from distillery_trainer.lm.model import cache_io_names
+from distillery_trainer.lm.onnx_decoder import DecoderSession, export_decoder, measure_onnx_speeds
 from distillery_trainer.lm.quality import lm_quality, zero_shot_accuracy
-from distillery_trainer.lm.speed import measure_speeds
+from distillery_trainer.lm.speed import DecodeSpeed
 from distillery_trainer.lm.text_blocks import zero_shot_set
-from distillery_trainer.onnx_tools import export_onnx, quantize_int8, session
+from distillery_trainer.onnx_tools import quantize_int8
 from distillery_trainer.run_context import Exported, Measurements, RunContext
+from distillery_trainer.stages import memory_uses
 from distillery_trainer.teacher import autocast
 
 LATENCY_NAME = "decode-ms-per-token"
-# Blocks of the eval split fed to the ONNX round-trip check and to the ORT prefill timing.
+# Blocks of the eval split fed to the ONNX round-trip check.
 ONNX_CHECK_BLOCKS = 2
-ORT_PREFILL_RUNS = 5
 
 
 def torch_logits(net, device: torch.device):
@@ -47,12 +47,12 @@ def torch_logits(net, device: torch.device):
 
 
 def onnx_logits(path: Path, ctx: RunContext):
-    """logits_of(batch) for an exported prefill graph (the int8 model is scored through it)."""
-    sess = session(path, ctx.spec.targets.hardware, ctx.spec.benchmark.threads)
+    """logits_of(batch) for an exported decoder graph (the int8 model is scored through it)."""
+    decoder = DecoderSession(path, ctx.spec.targets.hardware, ctx.spec.benchmark.threads)
 
     def logits_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        feed = {i.name: batch[i.name].cpu().numpy().astype(np.int64) for i in sess.get_inputs()}
-        return torch.from_numpy(sess.run(None, feed)[0]).float()
+        logits = decoder.logits(batch["input_ids"].cpu().numpy(), batch["attention_mask"].cpu().numpy())
+        return torch.from_numpy(logits).float()
 
     return logits_of
 
@@ -95,81 +95,94 @@ def weights_size(directory: Path) -> int:
 
 
 def export(ctx: RunContext) -> None:
-    """The student as a Hugging Face directory, its prefill graph as ONNX (and int8)."""
-    ctx.progress.stage("exporting", "Hugging Face directory and ONNX prefill graph")
+    """The student as a Hugging Face directory and as an ONNX graph with a KV cache (and int8);
+    the teacher's graph too, outside the artifacts, to time it the same way."""
+    ctx.progress.stage("exporting", "Hugging Face directory and ONNX decoder graphs with a KV cache")
     spec, student, teacher = ctx.spec, ctx.student, ctx.teacher
     staging = ctx.work / "artifacts"
     weights_dir = staging / "model"
     student.save(weights_dir)
     publish.write_provenance(weights_dir, ctx.job, ctx.state.layers, teacher.net.num_layers())
-    head = Encoded({k: v[:ONNX_CHECK_BLOCKS] for k, v in ctx.eval_data.tensors.items()}, None)
-    example = tuple(head.tensors[name] for name in student.input_names)
-    student_onnx = export_onnx(student, staging / "model.onnx", example, spec.export.opset)
-    diff = float((onnx_logits(student_onnx, ctx)(head.tensors) - torch_logits(student, torch.device("cpu"))(
-        head.tensors)).abs().max())
+    student_onnx = export_decoder(student, staging / "model.onnx", spec.export.opset)
+    teacher_onnx = export_decoder(teacher.net, ctx.work / "teacher.onnx", spec.export.opset)
+    head = {k: v[:ONNX_CHECK_BLOCKS] for k, v in ctx.eval_data.tensors.items()}
+    diff = cached_round_trip_diff(student, DecoderSession(student_onnx, spec.targets.hardware, spec.benchmark.threads),
+                                  head)
     int8 = quantize_int8(student_onnx, staging / "model.int8.onnx") if spec.export.int8 else None
-    ctx.exported = Exported(staging, weights_dir, student_onnx, None, int8, example, diff,
+    example = (head["input_ids"], head["attention_mask"])
+    ctx.exported = Exported(staging, weights_dir, student_onnx, teacher_onnx, int8, example, diff,
                             teacher.net.parameter_count(), teacher.net.num_layers())
 
 
-def ort_prefill_tokens_per_second(ctx: RunContext, path: Path) -> float:
-    """Prefill throughput of an ONNX graph on the benchmark batch (onnxruntime, target hardware)."""
-    bench = ctx.spec.benchmark
-    sess = session(path, ctx.spec.targets.hardware, bench.threads)
-    ids = torch.randint(0, ctx.student.vocab_size(), (bench.batch_size, bench.sequence_length),
-                        generator=torch.Generator().manual_seed(0))
-    feed = {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy())}
-    feed = {i.name: feed[i.name] for i in sess.get_inputs()}
-    sess.run(None, feed)
-    start = time.perf_counter()
-    for _ in range(ORT_PREFILL_RUNS):
-        sess.run(None, feed)
-    return ORT_PREFILL_RUNS * ids.numel() / (time.perf_counter() - start)
+def cached_round_trip_diff(student, decoder: DecoderSession, blocks: dict[str, torch.Tensor]) -> float:
+    """Largest difference between the graph's logits and torch's on a few eval blocks, taking the
+    graph's own path: all but the last token as a prefill, then the last one with the cache."""
+    ids = blocks["input_ids"].cpu()
+    with torch.no_grad():
+        expected = torch_logits(student, torch.device("cpu"))(
+            {"input_ids": ids, "attention_mask": torch.ones_like(ids)}).numpy()
+    prefix, last = ids[:, :-1].numpy(), ids[:, -1:].numpy()
+    first_logits = decoder.logits(prefix, np.ones_like(prefix))
+    feed = {"input_ids": prefix.astype(np.int64), "attention_mask": np.ones_like(prefix, dtype=np.int64),
+            **decoder.empty_past(prefix.shape[0])}
+    _, *present = decoder.sess.run(None, feed)
+    step = decoder.sess.run(["logits"], {"input_ids": last.astype(np.int64),
+                                         "attention_mask": np.ones_like(ids.numpy(), dtype=np.int64),
+                                         **dict(zip(decoder.past_names, present, strict=True))})[0]
+    got = np.concatenate([first_logits, step], axis=1)
+    return float(np.abs(got - expected).max())
 
 
-def lm_metrics(q: Quality, speed, params: int, size: int, layers: int | None) -> ModelMetrics:
-    """A model's metrics; `speed` is None for the int8 graph, whose decoding is not measured."""
+def lm_metrics(q: Quality, speed: DecodeSpeed, params: int, size: int, layers: int | None,
+               memory: int | None) -> ModelMetrics:
     return ModelMetrics(
         accuracy=round(q.accuracy, 6), metric_name=q.metric_name,
         agreement=None if q.agreement is None else round(q.agreement, 6),
         perplexity=round(q.perplexity, 4),
         zero_shot_accuracy=None if q.zero_shot_accuracy is None else round(q.zero_shot_accuracy, 6),
-        latency_p50_ms=None if speed is None else round(speed.ms_per_token_p50, 4),
-        latency_p95_ms=None if speed is None else round(speed.ms_per_token_p95, 4),
-        latency_name=None if speed is None else LATENCY_NAME,
-        prefill_tokens_per_second=None if speed is None else round(speed.prefill_tokens_per_second, 2),
-        parameters=params, size_bytes=size, num_layers=layers)
+        latency_p50_ms=round(speed.ms_per_token_p50, 4), latency_p95_ms=round(speed.ms_per_token_p95, 4),
+        latency_name=LATENCY_NAME, prefill_tokens_per_second=round(speed.prefill_tokens_per_second, 2),
+        parameters=params, size_bytes=size, num_layers=layers, memory_bytes=memory)
+
+
+def prefill_feeds(ctx: RunContext, nets: list) -> list[dict[str, np.ndarray]]:
+    """What each graph's memory is measured on: a prefill of the benchmark batch (empty cache)."""
+    bench = ctx.spec.benchmark
+    feeds = []
+    for net in nets:
+        ids = np.ones((bench.batch_size, bench.sequence_length), dtype=np.int64)
+        empty = np.zeros(net.cache_shape(bench.batch_size, 0), dtype=np.float32)
+        past_names, _ = cache_io_names(net.num_layers())
+        feeds.append({"input_ids": ids, "attention_mask": np.ones_like(ids), **dict.fromkeys(past_names, empty)})
+    return feeds
 
 
 def benchmark(ctx: RunContext) -> None:
-    """Decode ms/token and prefill tokens/s of teacher and student, measured in turns; the int8
-    prefill graph is kept only where onnxruntime runs it faster than the fp32 graph."""
+    """Decode ms/token and prefill tokens/s of teacher, student and int8 graphs with onnxruntime,
+    in turns; the int8 graph is kept only where it decodes faster than the fp32 graph."""
     spec, ex, student, teacher = ctx.spec, ctx.exported, ctx.student, ctx.teacher.net
     bench = spec.benchmark
-    ctx.progress.stage("benchmarking", f"decode {bench.decode_tokens} tokens at batch 1 after a "
+    ctx.progress.stage("benchmarking", f"onnxruntime: decode {bench.decode_tokens} tokens at batch 1 after a "
                                        f"{bench.sequence_length}-token prompt, on {spec.targets.hardware.value}")
-    speeds = measure_speeds([teacher.model, student.model], bench.sequence_length, bench.decode_tokens,
-                            bench.batch_size, bench.warmup, bench.iterations, ctx.device, bench.threads)
-    teacher.cpu()
-    student.cpu()
+    models = [ex.teacher_onnx, ex.student_onnx, *([ex.int8_onnx] if ex.int8_onnx else [])]
+    speeds = measure_onnx_speeds(models, bench.sequence_length, bench.decode_tokens, bench.batch_size,
+                                 bench.warmup, bench.iterations, spec.targets.hardware, bench.threads)
+    ctx.progress.fraction(0.4)
+    if ex.int8_onnx is not None and speeds[2].ms_per_token_p50 >= speeds[1].ms_per_token_p50:
+        ctx.progress.log(f"int8 graph not kept: it decodes in {speeds[2].ms_per_token_p50:.2f} ms/token against "
+                         f"{speeds[1].ms_per_token_p50:.2f} for fp32 under onnxruntime here")
+        ex.int8_onnx.unlink()
+        ex.int8_onnx, models, speeds = None, models[:2], speeds[:2]
+    memory = [None if use is None else use.session_bytes
+              for use in memory_uses(models, prefill_feeds(ctx, [teacher, student, student][:len(models)]), ctx)]
     ctx.progress.fraction(0.6)
     teacher_m = lm_metrics(ctx.quality["teacher"], speeds[0], ex.teacher_parameters,
-                           weights_size(ctx.inputs.teacher_path), ex.teacher_layers)
+                           weights_size(ctx.inputs.teacher_path), ex.teacher_layers, memory[0])
     student_m = lm_metrics(ctx.quality["student"], speeds[1], student.parameter_count(),
-                           weights_size(ex.weights_dir), student.num_layers())
+                           weights_size(ex.weights_dir), student.num_layers(), memory[1])
     int8_m = None
     if ex.int8_onnx is not None:
-        fp32_rate = ort_prefill_tokens_per_second(ctx, ex.student_onnx)
-        int8_rate = ort_prefill_tokens_per_second(ctx, ex.int8_onnx)
-        if int8_rate <= fp32_rate:
-            ctx.progress.log(f"int8 prefill graph not kept: {int8_rate:.0f} tokens/s against {fp32_rate:.0f} for "
-                             "fp32 under onnxruntime here")
-            ex.int8_onnx.unlink()
-            ex.int8_onnx = None
-        else:
-            q = score(ctx, onnx_logits(ex.int8_onnx, ctx), ctx.teacher.eval.topk_ids[..., 0].long(), ctx.zero_shot)
-            # Its onnxruntime prefill rate is not comparable with the torch figures beside it: logged only.
-            int8_m = lm_metrics(q, None, student_m.parameters, ex.int8_onnx.stat().st_size, student.num_layers())
-            ctx.progress.log(f"int8 prefill graph: {int8_rate:.0f} tokens/s against {fp32_rate:.0f} for fp32 "
-                             "(onnxruntime)")
+        q = score(ctx, onnx_logits(ex.int8_onnx, ctx), ctx.teacher.eval.topk_ids[..., 0].long(), ctx.zero_shot)
+        int8_m = lm_metrics(q, speeds[2], student_m.parameters, ex.int8_onnx.stat().st_size, student.num_layers(),
+                            memory[2])
     ctx.measured = Measurements(teacher_m, student_m, int8_m)

@@ -82,3 +82,15 @@ def test_a_malformed_ranking_is_ignored_and_measured_again(digits_job, tmp_path,
     assert "ignoring entry 'scores' of the layer ranking" in capsys.readouterr().err
     assert rerun.layers_kept == honest.layers_kept and rerun.layer_scores == honest.layer_scores
     assert len(json.loads(entry.read_text())["entries"]["scores"]) == 6, "measured again and rewritten"
+
+
+def test_keeping_every_layer_stores_no_ranking_for_the_next_job_to_reject(digits_job, tmp_path, capsys):
+    """With every layer kept nothing is measured; an empty path stored then read back as
+    'malformed' by the next job (found in the forgetting benchmark's continued students)."""
+    cache = tmp_path / "shared"
+    for name in ("a", "b"):
+        job, _ = digits_job(name, distillation={"epochs": 0}, student={"keepLayers": 6, "importanceMetric": "ablation"},
+                            output={"cacheUri": f"file://{cache}"})
+        assert len(run(job, progress=quiet()).layers_kept) == 6
+    assert "malformed" not in capsys.readouterr().err
+    assert all("ablation" not in json.loads(entry.read_text())["entries"] for entry in cache.glob("layer-ranking-*.json"))

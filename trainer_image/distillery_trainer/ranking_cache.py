@@ -114,6 +114,8 @@ class RankingMemo:
         return Removals(list(found["alone"]), list(found["order"])) if found else None
 
     def keep_removals(self, removals: Removals) -> None:
+        if not removals.alone:  # nothing was measured (every layer kept): an empty path is no ranking
+            return
         self.put("ablation", {"alone": list(removals.alone), "order": list(removals.order)})
 
     def save(self) -> None:

@@ -109,7 +109,9 @@ def export(ctx: RunContext) -> None:
     diff = cached_round_trip_diff(student, DecoderSession(student_onnx, spec.targets.hardware, spec.benchmark.threads),
                                   head)
     int8 = quantize_int8(student_onnx, staging / "model.int8.onnx") if spec.export.int8 else None
-    example = (head["input_ids"], head["attention_mask"])
+    bench = spec.benchmark
+    ids = torch.ones(bench.batch_size, bench.sequence_length, dtype=torch.long)
+    example = (ids, torch.ones_like(ids))  # the benchmark batch: what memory is measured on
     ctx.exported = Exported(staging, weights_dir, student_onnx, teacher_onnx, int8, example, diff,
                             teacher.net.parameter_count(), teacher.net.num_layers())
 
@@ -145,15 +147,14 @@ def lm_metrics(q: Quality, speed: DecodeSpeed, params: int, size: int, layers: i
         parameters=params, size_bytes=size, num_layers=layers, memory_bytes=memory)
 
 
-def prefill_feeds(ctx: RunContext, nets: list) -> list[dict[str, np.ndarray]]:
+def prefill_feeds(example: tuple, nets: list) -> list[dict[str, np.ndarray]]:
     """What each graph's memory is measured on: a prefill of the benchmark batch (empty cache)."""
-    bench = ctx.spec.benchmark
+    ids, mask = (t.numpy().astype(np.int64) for t in example)
     feeds = []
     for net in nets:
-        ids = np.ones((bench.batch_size, bench.sequence_length), dtype=np.int64)
-        empty = np.zeros(net.cache_shape(bench.batch_size, 0), dtype=np.float32)
+        empty = np.zeros(net.cache_shape(ids.shape[0], 0), dtype=np.float32)
         past_names, _ = cache_io_names(net.num_layers())
-        feeds.append({"input_ids": ids, "attention_mask": np.ones_like(ids), **dict.fromkeys(past_names, empty)})
+        feeds.append({"input_ids": ids, "attention_mask": mask, **dict.fromkeys(past_names, empty)})
     return feeds
 
 
@@ -174,7 +175,7 @@ def benchmark(ctx: RunContext) -> None:
         ex.int8_onnx.unlink()
         ex.int8_onnx, models, speeds = None, models[:2], speeds[:2]
     memory = [None if use is None else use.session_bytes
-              for use in memory_uses(models, prefill_feeds(ctx, [teacher, student, student][:len(models)]), ctx)]
+              for use in memory_uses(models, prefill_feeds(ex.example, [teacher, student, student][:len(models)]), ctx)]
     ctx.progress.fraction(0.6)
     teacher_m = lm_metrics(ctx.quality["teacher"], speeds[0], ex.teacher_parameters,
                            weights_size(ctx.inputs.teacher_path), ex.teacher_layers, memory[0])

@@ -38,7 +38,7 @@ def load_teacher():
 def text_blocks(path: Path, tokenizer, count: int, length: int) -> torch.Tensor:
     """`count` packed blocks of `length` tokens spread evenly over the file's text."""
     texts = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    blocks = pack_blocks(texts, tokenizer, length).tensors["input_ids"]
+    blocks = pack_blocks([texts], tokenizer, length).tensors["input_ids"]
     picks = torch.linspace(0, blocks.shape[0] - 1, count).round().long()
     return blocks[picks]
 

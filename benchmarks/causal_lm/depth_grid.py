@@ -147,8 +147,8 @@ def main(argv=None) -> int:
 
     tokenizer = AutoTokenizer.from_pretrained(TEACHER)
     train_rows, eval_rows = read_rows(TRAIN), read_rows(EVAL)
-    train = pack_blocks([r["text"] for r in train_rows], tokenizer, BLOCK)
-    evals = pack_blocks([r["text"] for r in eval_rows], tokenizer, BLOCK)
+    train = pack_blocks([[r["text"] for r in train_rows]], tokenizer, BLOCK)
+    evals = pack_blocks([[r["text"] for r in eval_rows]], tokenizer, BLOCK)
     picks = torch.linspace(0, len(evals) - 1, args.eval_blocks).round().long()
     evals = Encoded({k: v[picks] for k, v in evals.tensors.items()}, None)
     names = sorted({r["label"] for r in eval_rows})

@@ -14,7 +14,7 @@ import numpy as np
 from distillery.api.job import DatasetFormat, DistillationJob, ExtractionMethod, Task, TeacherFormat
 from distillery.store import StoreError, materialize
 from distillery_trainer.data import LabelMap, Split, read_jsonl, read_npz, read_split
-from distillery_trainer.encode import Encoded, encode_features, encode_text
+from distillery_trainer.encode import TEXT_CHUNK_ROWS, Encoded, encode_features, encode_text
 from distillery_trainer.errors import InputError
 from distillery_trainer.teacher import TEXT_TASKS
 
@@ -305,7 +305,8 @@ def encode(split: Split, inputs: Inputs, job: DistillationJob, into: Path | None
         from distillery_trainer.lm.text_blocks import pack_blocks
 
         field = "dataset.evalUri" if split is inputs.eval else "dataset.trainUri"
-        return pack_blocks(split.all_texts(), inputs.tokenizer, job.spec.dataset.max_sequence_length, field)
+        return pack_blocks(split.text_chunks(TEXT_CHUNK_ROWS), inputs.tokenizer, job.spec.dataset.max_sequence_length,
+                           field, into)
     if inputs.tokenizer is not None:
         return encode_text(split, inputs.tokenizer, job.spec.dataset.max_sequence_length, into)
     return encode_features(split)

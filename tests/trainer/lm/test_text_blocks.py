@@ -12,7 +12,7 @@ from distillery_trainer.lm.text_blocks import pack_blocks, spread_rows, zero_sho
 
 def test_pack_blocks_concatenates_documents_with_bos_and_eos(tokenizer):
     texts = ["the cat sat", "a dog", "on the mat ."]
-    packed = pack_blocks(texts, tokenizer, block_length=4)
+    packed = pack_blocks([texts], tokenizer, block_length=4)
     # <s> the cat sat </s> <s> a dog </s> <s> on the mat . </s> = 15 tokens -> 3 blocks of 4.
     vocab = tokenizer.get_vocab()
     expected = [vocab[t] for t in ["<s>", "the", "cat", "sat", "</s>", "<s>", "a", "dog", "</s>", "<s>", "on", "the", "mat", ".", "</s>"]]
@@ -23,8 +23,27 @@ def test_pack_blocks_concatenates_documents_with_bos_and_eos(tokenizer):
     assert packed.labels is None
 
 
+def test_chunks_packed_on_disk_give_the_blocks_of_one_pass_in_memory(tokenizer, tmp_path):
+    """A run packs a chunk of documents at a time into a file: the same blocks (and so the same
+    cache digests) as packing every document at once, read through a memory map."""
+    texts = [" ".join(["the cat sat on the mat ."] * (i % 4 + 1)) for i in range(23)]
+    whole = pack_blocks([texts], tokenizer, block_length=8)
+    chunked = pack_blocks((texts[i:i + 5] for i in range(0, len(texts), 5)), tokenizer, block_length=8,
+                          into=tmp_path / "blocks")
+    assert torch.equal(chunked.tensors["input_ids"], whole.tensors["input_ids"])
+    assert torch.equal(chunked.tensors["attention_mask"], whole.tensors["attention_mask"])
+    tokens = tmp_path / "blocks" / "tokens.int64"
+    with tokens.open("r+b") as fh:  # the blocks are the file's pages: a write to it shows in them
+        fh.write(np.int64(99).tobytes())
+    assert int(chunked.tensors["input_ids"][0, 0]) == 99
+    assert chunked.tensors["attention_mask"].stride() == (0, 1)  # a broadcast view: no memory per row
+    batch = chunked.batch(torch.tensor([4, 1]))
+    assert torch.equal(batch["input_ids"], whole.tensors["input_ids"][[4, 1]])
+    assert tokens.stat().st_size == 8 * sum(len(tokenizer(t)["input_ids"]) + 1 for t in texts)
+
+
 def test_pack_blocks_drops_the_ragged_tail(tokenizer):
-    packed = pack_blocks(["the cat sat", "a dog"], tokenizer, block_length=4)  # 9 tokens
+    packed = pack_blocks([["the cat sat", "a dog"]], tokenizer, block_length=4)  # 9 tokens
     assert packed.tensors["input_ids"].shape == (2, 4)
 
 
@@ -35,15 +54,15 @@ def test_pack_blocks_without_bos_separates_documents_by_eos():
     core = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "x": 1, "y": 2, "[UNK]": 3}, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = GPT2TokenizerFast(tokenizer_object=core, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
-    packed = pack_blocks(["x y", "y", "x"], tok, block_length=3)
+    packed = pack_blocks([["x y", "y", "x"]], tok, block_length=3)
     assert packed.tensors["input_ids"].flatten().tolist() == [1, 2, 0, 2, 0, 1]
 
 
 def test_pack_blocks_too_little_text_is_an_input_error(tokenizer):
     with pytest.raises(InputError, match=r"dataset.trainUri: the text gives 4 tokens, fewer than one block of 8"):
-        pack_blocks(["the cat"], tokenizer, block_length=8)
+        pack_blocks([["the cat"]], tokenizer, block_length=8)
     with pytest.raises(InputError, match="dataset.evalUri"):
-        pack_blocks([], tokenizer, block_length=8, field="dataset.evalUri")
+        pack_blocks([[]], tokenizer, block_length=8, field="dataset.evalUri")
 
 
 def test_spread_rows_covers_the_whole_split():

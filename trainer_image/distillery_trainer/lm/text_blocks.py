@@ -3,8 +3,11 @@ into zero-shot classification prompts (prompt ids + one continuation per label).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,19 +34,36 @@ def document_ids(texts: list[str], tokenizer) -> list[list[int]]:
     return [head + list(ids) + tail for ids in body]
 
 
-def pack_blocks(texts: list[str], tokenizer, block_length: int, field: str = "dataset.trainUri") -> Encoded:
+def pack_blocks(chunks: Iterable[list[str]], tokenizer, block_length: int, field: str = "dataset.trainUri",
+                into: Path | None = None) -> Encoded:
     """All documents concatenated and cut into full blocks of `block_length` tokens (the ragged
-    tail is dropped); attention masks are all ones and there are no labels."""
+    tail is dropped); there are no labels. Documents come a chunk at a time; with `into`, their
+    tokens are appended to a file there and the blocks are a memory-mapped view of it, so only one
+    chunk's tokens are ever in memory. The attention mask (all ones) is a broadcast view, not a copy."""
     if block_length < 2:
         raise InputError("dataset.maxSequenceLength: a decoder block needs at least 2 tokens")
-    docs = document_ids(texts, tokenizer)
-    total = sum(len(d) for d in docs)
+    parts: list[np.ndarray] = []
+    total = 0
+    if into is not None:
+        into.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context((into / "tokens.int64").open("wb")) if into is not None else None
+        for texts in chunks:
+            docs = document_ids(texts, tokenizer)
+            tokens = np.fromiter(chain.from_iterable(docs), dtype=np.int64, count=sum(len(d) for d in docs))
+            total += len(tokens)
+            if sink is not None:
+                sink.write(tokens.tobytes())
+            else:
+                parts.append(tokens)
     if total < block_length:
         raise InputError(f"{field}: the text gives {total} tokens, fewer than one block of {block_length}")
-    stream = np.fromiter(chain.from_iterable(docs), dtype=np.int64, count=total)
     blocks = total // block_length
-    input_ids = torch.from_numpy(stream[: blocks * block_length].reshape(blocks, block_length).copy())
-    return Encoded({"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}, None)
+    stream = (np.memmap(into / "tokens.int64", dtype=np.int64, mode="r+", shape=(total,)) if into is not None
+              else np.concatenate(parts))
+    input_ids = torch.from_numpy(stream[: blocks * block_length].reshape(blocks, block_length))
+    mask = torch.ones(1, block_length, dtype=torch.long).expand(blocks, block_length)
+    return Encoded({"input_ids": input_ids, "attention_mask": mask}, None)
 
 
 @dataclass

@@ -181,6 +181,48 @@ def test_missing_secret_waits_and_a_secret_must_opt_in(
         assert secret not in text and secret not in operator.logs()
 
 
+def test_a_job_continues_a_student_model_named_in_its_spec(
+        control_plane, namespace, operator, digits_workspace, tmp_path):
+    """student.base.studentModel: the child waits (ParentMissing) until the parent's StudentModel
+    exists, then its trainer continues those weights, and its own StudentModel records the parent."""
+    data = {"trainUri": str(digits_workspace / "data" / "train.npz"),
+            "evalUri": str(digits_workspace / "data" / "eval.npz")}
+    child = job_document(digits_workspace, tmp_path / "child", "child", targets={"maxAccuracyDrop": 0.5},
+                         student={"base": {"studentModel": "parent-g1", "format": "torch"}, "keepRatio": 1.0},
+                         incremental={"previousTrainUri": data["trainUri"], "previousEvalUri": data["evalUri"]})
+    child["spec"]["student"].pop("keepLayers")
+    child["spec"]["student"].pop("method", None)
+    apply(control_plane, namespace, child)
+
+    def parent_missing():
+        obj = dj(control_plane, namespace, "child")
+        c = condition(obj, "Succeeded")
+        return obj if c and c["reason"] == "ParentMissing" else None
+
+    pending = wait_for(parent_missing, 180, "ParentMissing", on_timeout=operator.logs)
+    assert pending["status"]["phase"] == "Pending" and "parent-g1" in condition(pending, "Succeeded")["message"]
+    assert not trainer_jobs(control_plane, namespace, "child")
+
+    apply(control_plane, namespace, job_document(digits_workspace, tmp_path / "parent", "parent",
+                                                 targets={"maxAccuracyDrop": 0.5}))
+    parent = wait_final(control_plane, namespace, "parent", operator)
+    assert parent["status"]["accepted"] is True
+    weights = get(control_plane, namespace, "studentmodel", "parent-g1")["spec"]["artifacts"]["weights"]
+
+    jobs = wait_for(lambda: trainer_jobs(control_plane, namespace, "child"), 180, "the child's trainer Job",
+                    on_timeout=operator.logs)
+    env = {e["name"]: e.get("value") for e in jobs[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["DISTILLERY_STUDENT_BASE_URI"] == weights
+    done = wait_final(control_plane, namespace, "child", operator)
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    assert done["status"]["accepted"] is True
+    registered = get(control_plane, namespace, "studentmodel", "child-g1")
+    assert registered["spec"]["lineage"] == {"parentStudentModel": "parent-g1"}
+    # The spec as stored is the user's: the operator never wrote the resolved URI into it.
+    assert dj(control_plane, namespace, "child")["spec"]["student"]["base"] == {"studentModel": "parent-g1",
+                                                                              "format": "torch"}
+
+
 def test_operator_restarts_lose_nothing_and_duplicate_nothing(
         control_plane, namespace, operator, digits_workspace, tmp_path):
     operator.kill()  # down before the job exists

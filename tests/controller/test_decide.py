@@ -23,6 +23,7 @@ from distillery.controller.decide import (
     Event,
     ForgetStore,
     Observed,
+    ParentSeen,
     PatchStatus,
     ReadStore,
     RegisterStudent,
@@ -168,6 +169,46 @@ def test_a_missing_secret_waits_pending_and_retries_with_backoff(tmp_path):
     env = go[0].manifest["spec"]["template"]["spec"]["containers"][0]["env"]
     refs = [e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e]
     assert refs and set(refs) == {"creds"}
+
+
+def env_of(manifest: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in manifest["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_a_job_continuing_a_student_model_waits_for_it_then_gets_its_weights(tmp_path):
+    """student.base.studentModel: missing -> Pending (GitOps may apply the job first), retried;
+    found -> the trainer gets its spec.artifacts.weights beside the job, whose spec is unchanged."""
+    doc = document(tmp_path, student={"base": {"studentModel": "news-v1-g1", "format": "torch"}})
+    missing = decide.decide_start(obs_of(doc), SETTINGS, None, [], parent=ParentSeen("news-v1-g1", None))
+    assert kinds(missing) == ["PatchStatus", "Event", "Retry"]
+    status = status_of(missing)
+    assert status["phase"] == "Pending" and condition(status, "Succeeded")["reason"] == "ParentMissing"
+    assert "StudentModel 'news-v1-g1' not found in namespace 'ns'" in missing[1].message
+    again = decide.decide_start(obs_of(doc, status=status), SETTINGS, None, [], retry=2,
+                                parent=ParentSeen("news-v1-g1", None))
+    assert kinds(again) == ["Retry"]  # no second status write or Event
+
+    weights = "s3://bucket/runs/news-v1/g1/model"
+    go = decide.decide_start(obs_of(doc, status=status), SETTINGS, None, [],
+                             parent=ParentSeen("news-v1-g1", {"artifacts": {"weights": weights}}))
+    assert kinds(go) == ["CreateJob", "PatchStatus"]
+    env = env_of(go[0].manifest)
+    assert env["DISTILLERY_STUDENT_BASE_URI"] == weights
+    assert json.loads(env["DISTILLERY_JOB"])["spec"]["student"]["base"] == {"studentModel": "news-v1-g1",
+                                                                             "format": "torch"}
+
+
+def test_a_student_model_without_weights_fails_the_job(tmp_path):
+    doc = document(tmp_path, student={"base": {"studentModel": "bare"}})
+    actions = decide.decide_start(obs_of(doc), SETTINGS, None, [], parent=ParentSeen("bare", {"artifacts": {}}))
+    status = status_of(actions)
+    assert status["phase"] == "Failed" and condition(status, "Succeeded")["reason"] == "ParentInvalid"
+    assert not any(isinstance(a, CreateJob) for a in actions)
+
+
+def test_a_job_without_a_parent_gets_no_base_uri(tmp_path):
+    go = decide.decide_start(obs_of(document(tmp_path)), SETTINGS, None, [])
+    assert "DISTILLERY_STUDENT_BASE_URI" not in env_of(go[0].manifest)
 
 
 def test_a_secret_that_did_not_opt_in_is_never_handed_to_a_trainer(tmp_path):

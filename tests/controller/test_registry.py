@@ -33,3 +33,6 @@ def test_lineage_names_the_parent_student_and_the_ensemble_from_the_spec():
     assert lineage == {"parent": "s3://b/students/v1/model",
                        "ensembleTeachers": ["s3://b/teacher-2", "s3://b/teacher-3"]}
     assert Lineage.model_validate(lineage).ensemble_teachers == ["s3://b/teacher-2", "s3://b/teacher-3"]
+    by_name = lineage_of(_job(student={"base": {"studentModel": "news-v1-g1"}, "keepRatio": 1}))
+    assert by_name == {"parentStudentModel": "news-v1-g1"}
+    assert Lineage.model_validate(by_name).parent_student_model == "news-v1-g1"

@@ -141,3 +141,23 @@ def test_incremental_takes_student_base_whole(digits_workspace, class_split, old
     doc["spec"]["student"].update(keepRatio=1.0, vocabulary={"prune": True})
     with pytest.raises(SpecError, match="no student.width or student.vocabulary"):
         load_job(doc)
+
+
+def test_a_student_model_named_as_base_is_read_from_what_the_operator_resolved(
+        digits_workspace, class_split, old_student, tmp_path, monkeypatch):
+    """In a cluster student.base.studentModel reaches the trainer as the StudentModel's weights URI
+    (DISTILLERY_STUDENT_BASE_URI, set by the operator); without it the run is refused (exit 2)."""
+    from distillery.api.job import STUDENT_BASE_URI_ENV
+    from distillery_trainer.errors import InputError
+
+    doc = incremental_job(digits_workspace, class_split, old_student, tmp_path / "out").model_dump(
+        mode="json", by_alias=True, exclude_none=True)
+    doc["spec"]["student"]["base"] = {"studentModel": "digits-old-g1", "format": "torch"}
+    doc["spec"]["distillation"]["epochs"] = 1
+    monkeypatch.delenv(STUDENT_BASE_URI_ENV, raising=False)
+    with pytest.raises(InputError, match="student.base.studentModel: 'digits-old-g1' names a StudentModel"):
+        run(load_job(doc), progress=quiet())
+    monkeypatch.setenv(STUDENT_BASE_URI_ENV, str(old_student))
+    result = run(load_job(doc), progress=quiet())
+    assert result.incremental.parent == str(old_student)
+    assert result.incremental.previous_accuracy_before > 0.9  # the parent's weights were loaded

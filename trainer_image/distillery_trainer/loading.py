@@ -6,12 +6,21 @@ A bad teacher, tokenizer or data file fails here, in seconds, with a message nam
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from distillery.api.job import DatasetFormat, DistillationJob, ExtractionMethod, Task, TeacherFormat
+from distillery.api.job import (
+    STUDENT_BASE_URI_ENV,
+    DatasetFormat,
+    DistillationJob,
+    ExtractionMethod,
+    StudentBase,
+    Task,
+    TeacherFormat,
+)
 from distillery.store import StoreError, materialize
 from distillery_trainer.data import LabelMap, Split, read_jsonl, read_npz, read_split
 from distillery_trainer.encode import TEXT_CHUNK_ROWS, Encoded, encode_features, encode_text
@@ -176,7 +185,8 @@ def load_inputs(job: DistillationJob, work: Path) -> Inputs:
     teacher_path = fetch(spec.teacher.uri, "teacher.uri", work / "teacher", job)
     if spec.teacher.format == TeacherFormat.HUGGINGFACE:
         check_teacher_has_head(teacher_path, job)
-    base_path = fetch(spec.student.base.uri, "student.base.uri", work / "base", job) if spec.student.base else None
+    base_path = fetch(student_base_uri(spec.student.base), "student.base.uri", work / "base", job) \
+        if spec.student.base else None
 
     ds = spec.dataset
     train = read_split(fetch(ds.train_uri, "dataset.trainUri", work / "train", job), ds, "train",
@@ -287,6 +297,18 @@ def load_ensemble(job: DistillationJob, work: Path, labels: LabelMap | None, tok
                              "reads the same token ids")
         paths.append(path)
     return paths
+
+
+def student_base_uri(base: StudentBase) -> str:
+    """student.base's weights: its uri, or what the operator resolved its studentModel to."""
+    if base.uri is not None:
+        return base.uri
+    resolved = os.environ.get(STUDENT_BASE_URI_ENV)
+    if not resolved:
+        raise InputError(f"student.base.studentModel: {base.student_model!r} names a StudentModel, which only the "
+                         "operator resolves in a cluster; here give student.base.uri (the StudentModel's "
+                         "spec.artifacts.weights)")
+    return resolved
 
 
 def check_member_head(path: Path, job: DistillationJob, field: str) -> None:

@@ -44,7 +44,7 @@ from distillery_trainer.ensemble import EnsembleRun
 from distillery_trainer.errors import NonFiniteError
 from distillery_trainer.evaluation import Quality
 from distillery_trainer.loading import encode as encode_split
-from distillery_trainer.loading import load_inputs
+from distillery_trainer.loading import load_inputs, student_base_uri
 from distillery_trainer.memory_probe import MemoryUse, measure_memory
 from distillery_trainer.nets import Net
 from distillery_trainer.onnx_tools import (
@@ -461,7 +461,7 @@ def evaluate(ctx: RunContext) -> None:
         after = task.quality(torch_outputs(student, ctx.previous_eval, EVAL_BATCH, ctx.device), None,
                              ctx.previous_eval.labels, None, None).accuracy
         ewc = ctx.spec.distillation.ewc
-        ctx.incremental_report = incremental.report(ctx.spec.student.base.uri, ctx.previous_before, after,
+        ctx.incremental_report = incremental.report(student_base_uri(ctx.spec.student.base), ctx.previous_before, after,
                                                     ctx.inputs.replayed_rows, ctx.ewc, None if ewc is None else ewc.lambda_)
         ctx.progress.log(f"old eval: {ctx.previous_before:.4f} before, {after:.4f} after "
                          f"(forgetting {ctx.incremental_report.forgetting:+.4f})")

@@ -93,7 +93,8 @@ under distillery.io/ and its finalizer; results go to the /status subresource).
 - apiGroups: ["distillery.io"]
   resources: ["distillationjobs"]
   verbs: ["get", "list", "watch", "patch"]
-# Accepted students are registered as StudentModels; the operator follows them with a watch and
+# Accepted students are registered as StudentModels; the operator follows them with a watch, reads
+# the one a job continues (student.base.studentModel) and
 # writes only their status (kopf keeps no bookkeeping on them).
 - apiGroups: ["distillery.io"]
   resources: ["studentmodels"]

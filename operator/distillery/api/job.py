@@ -188,11 +188,33 @@ class StudentArchitecture(ApiModel):
     num_blocks: int = Field(default=2, ge=1)
 
 
-class StudentBase(ApiModel):
-    """The model whose layers are extracted when the teacher cannot provide them (ONNX)."""
+# How the operator hands the trainer the weights of student.base.studentModel (the spec is not changed).
+STUDENT_BASE_URI_ENV = "DISTILLERY_STUDENT_BASE_URI"
 
-    uri: str = Field(min_length=1)
+
+class StudentBase(ApiModel):
+    """The model whose layers are extracted when the teacher cannot provide them (ONNX), or the
+    earlier student an incremental job continues: by URI, or in a cluster by StudentModel name."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": crd_extra(
+            cel("has(self.uri) != has(self.studentModel)",
+                "student.base needs exactly one of uri and studentModel"),
+        )
+    }
+
+    uri: str | None = Field(default=None, min_length=1, description="the model's weights: file://, s3:// or a path")
+    student_model: str | None = Field(
+        default=None, min_length=1, max_length=253,
+        description="a StudentModel in the job's namespace: its spec.artifacts.weights, resolved by the "
+        "operator when the trainer starts (cluster only)")
     format: TeacherFormat = TeacherFormat.HUGGINGFACE
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StudentBase:
+        if (self.uri is None) == (self.student_model is None):
+            raise ValueError("student.base needs exactly one of uri and studentModel")
+        return self
 
 
 class Vocabulary(ApiModel):

@@ -24,6 +24,8 @@ class SourceJob(ApiModel):
 
 class Lineage(ApiModel):
     parent: str | None = Field(default=None, description="student.base's URI: the model the student was cut from")
+    parent_student_model: str | None = Field(
+        default=None, description="student.base.studentModel: the registered student this one continues")
     ensemble_teachers: list[str] | None = Field(default=None, description="ensemble.teachers' URIs, in order")
 
 

@@ -57,6 +57,15 @@ class SecretSeen:
     metadata: Mapping[str, Any] | None
 
 
+@dataclass(frozen=True)
+class ParentSeen:
+    """The StudentModel a job continues (student.base.studentModel), its spec as the API server
+    has it (None: there is none in the job's namespace)."""
+
+    name: str
+    spec: Mapping[str, Any] | None
+
+
 # ----------------------------------------------------------------------------- actions
 
 
@@ -136,7 +145,7 @@ def finished_generation(obs: Observed) -> bool:
 
 
 def waiting_reason(obs: Observed) -> str | None:
-    """The reason of a Pending job that is not started yet (SecretMissing), else None."""
+    """The reason of a Pending job that is not started yet (SecretMissing, ParentMissing), else None."""
     if obs.status.get("phase") != "Pending" or obs.status.get("trainerJob"):
         return None
     return next((c.get("reason") for c in obs.conditions if c.get("type") == st.SUCCEEDED), None)
@@ -145,6 +154,30 @@ def waiting_reason(obs: Observed) -> str | None:
 def retry_delay(retry: int) -> float:
     """5 s, 10 s, 20 s, 40 s, then once a minute."""
     return float(min(60, 5 * 2 ** min(retry, 4)))
+
+
+def wait_for(obs: Observed, reason: str, message: str, retry: int) -> list[Action]:
+    """Stay Pending with `reason` and look again later; the status and Event are written once."""
+    actions: list[Action] = []
+    if waiting_reason(obs) != reason or obs.status.get("observedGeneration") != obs.generation:
+        actions += [PatchStatus(st.waiting(obs.generation, reason, message, obs.conditions)),
+                    Event(reason, message, warning=True)]
+    return [*actions, Retry(retry_delay(retry), message)]
+
+
+def parent_weights(obs: Observed, parent: ParentSeen | None, retry: int) -> tuple[str | None, list[Action]]:
+    """The weights URI of student.base.studentModel, or the actions when it cannot be had yet
+    (missing: wait, as GitOps may apply the job first) or at all (no weights: fail)."""
+    if parent is None:
+        return None, []
+    if parent.spec is None:
+        return None, wait_for(obs, "ParentMissing", f"StudentModel {parent.name!r} not found in namespace "
+                              f"{obs.namespace!r} (student.base.studentModel)", retry)
+    weights = (parent.spec.get("artifacts") or {}).get("weights")
+    if not isinstance(weights, str) or not weights:
+        return None, fail(obs, "ParentInvalid", f"StudentModel {parent.name!r} (student.base.studentModel) has no "
+                          "spec.artifacts.weights to continue from")
+    return weights, []
 
 
 def fail(obs: Observed, reason: str, message: str) -> list[Action]:
@@ -156,11 +189,12 @@ def fail(obs: Observed, reason: str, message: str) -> list[Action]:
 
 
 def decide_start(obs: Observed, settings: Settings, secret: SecretSeen | None,
-                 other_generations: list[str], retry: int = 0) -> list[Action]:
+                 other_generations: list[str], retry: int = 0, parent: ParentSeen | None = None) -> list[Action]:
     """Make sure the current generation has its trainer Job, and older ones do not.
 
     `secret` is the Secret the job names (None when it names none), `other_generations` the
-    names of this job's trainer Jobs of other generations."""
+    names of this job's trainer Jobs of other generations, `parent` the StudentModel named by
+    student.base.studentModel (None when it names none)."""
     if finished_generation(obs):
         return []  # already finished (e.g. resumed after an operator restart)
     try:
@@ -171,20 +205,20 @@ def decide_start(obs: Observed, settings: Settings, secret: SecretSeen | None,
     if violations:
         return fail(obs, "PolicyViolation", "; ".join(violations))
     if secret is not None and secret.metadata is None:
-        message = f"Secret {secret.name!r} not found in namespace {obs.namespace!r} (output.credentialsSecret)"
-        actions: list[Action] = []
-        if waiting_reason(obs) != "SecretMissing" or obs.status.get("observedGeneration") != obs.generation:
-            actions += [PatchStatus(st.waiting(obs.generation, "SecretMissing", message, obs.conditions)),
-                        Event("SecretMissing", message, warning=True)]
-        return [*actions, Retry(retry_delay(retry), message)]
+        return wait_for(obs, "SecretMissing", f"Secret {secret.name!r} not found in namespace {obs.namespace!r} "
+                        "(output.credentialsSecret)", retry)
     if secret is not None and not policy.secret_opted_in(secret.metadata, secret.name, settings):
         return fail(obs, "SecretNotAllowed",
                     f"Secret {secret.name!r} (output.credentialsSecret) is not marked for use by "
                     f"DistillationJobs: label it {policy.OPT_IN_LABEL}={policy.OPT_IN_VALUE}, "
                     "or ask an admin to list it in the chart's allowedSecrets")
 
-    actions = [DeleteJob(name) for name in other_generations]
-    manifest = build_trainer_job(job, obs.uid, obs.generation, settings)
+    parent_uri, waiting = parent_weights(obs, parent, retry)
+    if waiting:
+        return waiting
+
+    actions: list[Action] = [DeleteJob(name) for name in other_generations]
+    manifest = build_trainer_job(job, obs.uid, obs.generation, settings, parent_uri)
     trainer = manifest["metadata"]["name"]
     service = build_worker_service(job, obs.uid)
     if service is not None:

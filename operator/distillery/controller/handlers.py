@@ -35,6 +35,7 @@ from distillery.controller.decide import (
     Event,
     ForgetStore,
     Observed,
+    ParentSeen,
     PatchStatus,
     ReadStore,
     RegisterStudent,
@@ -116,11 +117,11 @@ def observed(body, meta, status) -> Observed:
 
 
 async def start_actions(ctx: OperatorContext, obs: Observed, retry: int) -> list:
-    """decide_start with what it needs: the job's Secret (metadata only is used) and its other
-    generations' trainer Jobs."""
+    """decide_start with what it needs: the job's Secret (metadata only is used), its other
+    generations' trainer Jobs and the StudentModel it continues (its spec only is used)."""
     if decide.finished_generation(obs):
         return []
-    secret, others = None, []
+    secret, others, parent = None, [], None
     try:
         job = decide.parse_job(obs)
     except SpecError:
@@ -130,11 +131,15 @@ async def start_actions(ctx: OperatorContext, obs: Observed, retry: int) -> list
         if name:
             found = await ctx.api(ctx.kube.read_secret, obs.namespace, name)
             secret = SecretSeen(name, found[0] if found else None)
+        base = job.spec.student.base
+        if base is not None and base.student_model is not None:
+            model = await ctx.api(ctx.kube.read_student_model, obs.namespace, base.student_model)
+            parent = ParentSeen(base.student_model, None if model is None else model.get("spec") or {})
         if obs.generation > 1:  # the first generation has no older Jobs (a recreated job has a new uid)
             listed = await ctx.api(ctx.kube.list_jobs, obs.namespace, f"{naming.LABEL_JOB}={obs.name}")
             others = [j["metadata"]["name"] for j in listed
                       if (j["metadata"].get("labels") or {}).get(naming.LABEL_GENERATION) != str(obs.generation)]
-    return decide.decide_start(obs, ctx.settings, secret, others, retry)
+    return decide.decide_start(obs, ctx.settings, secret, others, retry, parent)
 
 
 async def observe_trainer(ctx: OperatorContext, namespace: str, name: str, index) -> dict | None:

@@ -105,6 +105,15 @@ class Kube:
                 return False
             raise
 
+    def read_student_model(self, namespace: str, name: str) -> dict | None:
+        """One StudentModel as stored, or None when there is none by that name."""
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "studentmodels", name)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
     def list_student_models_in(self, namespace: str | None) -> list[dict]:
         """All StudentModels of one namespace, or of the cluster when namespace is None."""
         if namespace is None:

@@ -53,8 +53,10 @@ def build_student_model(job: DistillationJob, uid: str, generation: int, result:
 def lineage_of(job: DistillationJob) -> dict[str, Any]:
     """Where the student came from besides the teacher, from the spec (not the result file)."""
     spec, lineage = job.spec, {}
-    if spec.student.base is not None:
+    if spec.student.base is not None and spec.student.base.uri is not None:
         lineage["parent"] = spec.student.base.uri
+    if spec.student.base is not None and spec.student.base.student_model is not None:
+        lineage["parentStudentModel"] = spec.student.base.student_model
     if spec.ensemble is not None:
         lineage["ensembleTeachers"] = [member.uri for member in spec.ensemble.teachers]
     return lineage

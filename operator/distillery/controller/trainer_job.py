@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from distillery.api.job import DistillationJob
+from distillery.api.job import STUDENT_BASE_URI_ENV, DistillationJob
 from distillery.api.result import EXIT_INVALID
 from distillery.controller import naming
 from distillery.controller.settings import Settings
@@ -32,8 +32,9 @@ def for_generation(job: DistillationJob, generation: int) -> DistillationJob:
     return job.model_copy(update={"spec": spec})
 
 
-def trainer_env(job: DistillationJob, settings: Settings) -> list[dict[str, Any]]:
-    """The job document travels as JSON in DISTILLERY_JOB; credentials only by Secret reference."""
+def trainer_env(job: DistillationJob, settings: Settings, student_base_uri: str | None = None) -> list[dict[str, Any]]:
+    """The job document travels as JSON in DISTILLERY_JOB; credentials only by Secret reference;
+    the weights of student.base.studentModel, resolved by the operator, beside it."""
     job = for_generation(job, job.metadata.generation or 1)
     document = {"apiVersion": job.api_version, "kind": job.kind,
                 "metadata": {"name": job.metadata.name, "namespace": job.metadata.namespace},
@@ -49,6 +50,8 @@ def trainer_env(job: DistillationJob, settings: Settings) -> list[dict[str, Any]
         {"name": "TMPDIR", "value": WORK_DIR},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+    if student_base_uri is not None:
+        env.append({"name": STUDENT_BASE_URI_ENV, "value": student_base_uri})
     endpoint = job.spec.output.endpoint or settings.default_endpoint
     if endpoint:
         env.append({"name": "AWS_ENDPOINT_URL", "value": endpoint})
@@ -140,8 +143,10 @@ def labels_for(job: DistillationJob, generation: int) -> dict[str, str]:
     return labels
 
 
-def build_trainer_job(job: DistillationJob, uid: str, generation: int, settings: Settings) -> dict[str, Any]:
-    """The trainer Job: restricted pod, no API token, owned by the DistillationJob."""
+def build_trainer_job(job: DistillationJob, uid: str, generation: int, settings: Settings,
+                      student_base_uri: str | None = None) -> dict[str, Any]:
+    """The trainer Job: restricted pod, no API token, owned by the DistillationJob.
+    `student_base_uri`: the weights of student.base.studentModel, when the job names one."""
     job = job.model_copy(update={"metadata": job.metadata.model_copy(update={"generation": generation})})
     name = naming.trainer_job_name(job.metadata.name, generation)
     labels = labels_for(job, generation)
@@ -152,7 +157,7 @@ def build_trainer_job(job: DistillationJob, uid: str, generation: int, settings:
         "image": settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": list(settings.trainer_command),
-        "env": trainer_env(job, settings) + distributed_env(job, uid, generation),
+        "env": trainer_env(job, settings, student_base_uri) + distributed_env(job, uid, generation),
         "resources": container_resources(job, settings),
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",

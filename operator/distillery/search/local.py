@@ -97,7 +97,7 @@ def source_depth(template: DistillationJobSpec) -> int | None:
     if student.architecture is not None and student.base is None:
         return student.architecture.num_blocks
     if template.teacher.format == TeacherFormat.ONNX:
-        if student.base is None:
+        if student.base is None or student.base.uri is None:  # a StudentModel: in a cluster only
             return None
         uri, fmt, where = student.base.uri, student.base.format, "template.student.base.uri"
     else:

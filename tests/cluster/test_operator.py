@@ -47,6 +47,16 @@ def wait_final(control_plane, namespace, name, op, timeout=TRAINER_TIMEOUT):
     return wait_for(final, timeout, f"{name} to finish", on_timeout=lambda: op.logs() + agent_logs(control_plane))
 
 
+def wait_for_reason(control_plane, namespace, name, reason, op):
+    """The job once its Succeeded condition carries `reason` (a Pending job's wait, say)."""
+    def reached():
+        obj = dj(control_plane, namespace, name)
+        c = condition(obj, "Succeeded")
+        return obj if c and c["reason"] == reason else None
+
+    return wait_for(reached, 180, reason, on_timeout=op.logs)
+
+
 def agent_logs(control_plane) -> str:
     logs = sorted(Path(control_plane.agent_log_dir).glob("*"))
     return "\n".join(p.read_text(errors="replace")[-3000:] for p in logs[-3:] if p.is_file())
@@ -150,13 +160,8 @@ def test_missing_secret_waits_and_a_secret_must_opt_in(
     doc["spec"]["output"]["credentialsSecret"] = "store-creds"
     apply(control_plane, namespace, doc)
 
-    def waiting():
-        obj = dj(control_plane, namespace, "needs-secret")
-        c = condition(obj, "Succeeded")
-        return obj if c and c["reason"] == "SecretMissing" else None
-
     # A Secret not there yet is a wait (Pending), not a failure: Failed is final.
-    pending = wait_for(waiting, 180, "SecretMissing", on_timeout=operator.logs)
+    pending = wait_for_reason(control_plane, namespace, "needs-secret", "SecretMissing", operator)
     assert pending["status"]["phase"] == "Pending" and "store-creds" in condition(pending, "Succeeded")["message"]
     assert not trainer_jobs(control_plane, namespace, "needs-secret")
     # A Secret that did not opt in is never handed to a trainer.
@@ -194,12 +199,7 @@ def test_a_job_continues_a_student_model_named_in_its_spec(
     child["spec"]["student"].pop("method", None)
     apply(control_plane, namespace, child)
 
-    def parent_missing():
-        obj = dj(control_plane, namespace, "child")
-        c = condition(obj, "Succeeded")
-        return obj if c and c["reason"] == "ParentMissing" else None
-
-    pending = wait_for(parent_missing, 180, "ParentMissing", on_timeout=operator.logs)
+    pending = wait_for_reason(control_plane, namespace, "child", "ParentMissing", operator)
     assert pending["status"]["phase"] == "Pending" and "parent-g1" in condition(pending, "Succeeded")["message"]
     assert not trainer_jobs(control_plane, namespace, "child")
 

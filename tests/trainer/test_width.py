@@ -26,13 +26,18 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_bert(seed: int = 0) -> HFNet:
-    from transformers import BertConfig, BertForSequenceClassification
+# The model types width pruning supports: BERT's layer layout, and the encoders that copy it.
+KINDS = ["bert", "roberta", "xlm-roberta", "electra"]
+
+
+def tiny_bert(seed: int = 0, kind: str = "bert") -> HFNet:
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=120, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                        intermediate_size=FFN, max_position_embeddings=64, num_labels=3)
-    return HFNet(BertForSequenceClassification(config).eval(), Task.SEQUENCE_CLASSIFICATION, None)
+    config = AutoConfig.for_model(kind, vocab_size=120, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                                  num_attention_heads=HEADS, intermediate_size=FFN, max_position_embeddings=64,
+                                  num_labels=3, **({"embedding_size": HIDDEN} if kind == "electra" else {}))
+    return HFNet(AutoModelForSequenceClassification.from_config(config).eval(), Task.SEQUENCE_CLASSIFICATION, None)
 
 
 def batch(rows: int = 4, tokens: int = 12, seed: int = 1) -> dict:
@@ -59,9 +64,10 @@ def masked_copy(net: HFNet, plan: width.WidthPlan) -> HFNet:
     return ref
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @torch.no_grad()
-def test_removal_keeps_shapes_consistent_and_outputs_of_the_kept_units():
-    net = tiny_bert()
+def test_removal_keeps_shapes_consistent_and_outputs_of_the_kept_units(kind):
+    net = tiny_bert(kind=kind)
     importance = width.measure_importance(net, [batch()])
     plan = width.plan_for(importance, 2, 16)
     reference = masked_copy(net, plan)
@@ -85,11 +91,12 @@ def test_removal_keeps_shapes_consistent_and_outputs_of_the_kept_units():
     assert torch.allclose(net.outputs(b).logits, reference.outputs(b).logits, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @torch.no_grad()
-def test_saved_directory_loads_with_from_pretrained_and_gives_the_same_outputs(tmp_path):
+def test_saved_directory_loads_with_from_pretrained_and_gives_the_same_outputs(kind, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    net = tiny_bert()
+    net = tiny_bert(kind=kind)
     plan = width.plan_for(width.measure_importance(net, [batch()]), 2, 32)
     width.apply_plan(net, plan)
     width._mark_kept_heads(net, plan.heads)
@@ -112,7 +119,8 @@ def test_saved_directory_loads_with_from_pretrained_and_gives_the_same_outputs(t
     assert torch.allclose(loaded(**b).logits, expected, atol=1e-5)
 
 
-def test_pruned_student_exports_to_onnx_and_int8(tmp_path):
+@pytest.mark.parametrize("kind", KINDS)
+def test_pruned_student_exports_to_onnx_and_int8(kind, tmp_path):
     from distillery_trainer.onnx_tools import (
         example_inputs,
         export_onnx,
@@ -120,7 +128,7 @@ def test_pruned_student_exports_to_onnx_and_int8(tmp_path):
         quantize_int8,
     )
 
-    net = tiny_bert()
+    net = tiny_bert(kind=kind)
     width.apply_plan(net, width.plan_for(width.measure_importance(net, [batch()]), 2, 32))
     path = export_onnx(net, tmp_path / "model.onnx", example_inputs(net, 2, 12, ()), 17)
     b = batch(seed=5)
@@ -130,7 +138,11 @@ def test_pruned_student_exports_to_onnx_and_int8(tmp_path):
     assert from_onnx.shape == expected.shape
     assert float((from_onnx - expected).abs().max()) < 1e-4
     int8 = quantize_int8(path, tmp_path / "model.int8.onnx")
-    assert int8.stat().st_size < path.stat().st_size
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
+    assert "DynamicQuantizeLinear" in ops and "MatMulInteger" in ops  # quantized (on a model this tiny the
+    # file need not be smaller: the quantization nodes and scales weigh as much as the int8 savings)
     assert onnx_outputs(int8, [b], Hardware.CPU).shape == expected.shape
 
 
@@ -212,7 +224,7 @@ def test_source_checks_name_the_field(text_job_stub):
     with pytest.raises(InputError, match=r"^student\.width\.heads: 0\.1 of 4 attention heads keeps none"):
         width.check_source_config(text_job_stub(heads=0.1), config, "teacher.uri")
     with pytest.raises(InputError, match=r"^student\.width: .*model_type in teacher\.uri's config\.json is not one "
-                       r"of: bert$") as exc:
+                       r"of: bert, roberta, xlm-roberta, electra$") as exc:
         width.check_source_config(text_job_stub(ffn=0.5), {**config, "model_type": "gpt2-hunter2"}, "teacher.uri")
     assert "hunter2" not in str(exc.value)  # the owner's config values are not quoted
 

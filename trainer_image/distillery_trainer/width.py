@@ -38,7 +38,7 @@ from distillery_trainer.student import calibration_batches
 
 # Architectures whose layers have BERT's module layout (attention.self.{query,key,value},
 # attention.output.dense, intermediate.dense, output.dense) and were tested here.
-SUPPORTED_MODEL_TYPES = ("bert",)
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra")
 # The saved config.json names the kept heads under this key, so `compact` can remove them again.
 KEPT_HEADS_KEY = "distillery_kept_heads"
 

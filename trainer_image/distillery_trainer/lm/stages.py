@@ -120,19 +120,14 @@ def cached_round_trip_diff(student, decoder: DecoderSession, blocks: dict[str, t
     """Largest difference between the graph's logits and torch's on a few eval blocks, taking the
     graph's own path: all but the last token as a prefill, then the last one with the cache."""
     ids = blocks["input_ids"].cpu()
-    with torch.no_grad():
-        expected = torch_logits(student, torch.device("cpu"))(
-            {"input_ids": ids, "attention_mask": torch.ones_like(ids)}).numpy()
-    prefix, last = ids[:, :-1].numpy(), ids[:, -1:].numpy()
-    first_logits = decoder.logits(prefix, np.ones_like(prefix))
-    feed = {"input_ids": prefix.astype(np.int64), "attention_mask": np.ones_like(prefix, dtype=np.int64),
-            **decoder.empty_past(prefix.shape[0])}
-    _, *present = decoder.sess.run(None, feed)
-    step = decoder.sess.run(["logits"], {"input_ids": last.astype(np.int64),
-                                         "attention_mask": np.ones_like(ids.numpy(), dtype=np.int64),
+    expected = torch_logits(student, torch.device("cpu"))({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    prefix, last = ids[:, :-1].numpy().astype(np.int64), ids[:, -1:].numpy().astype(np.int64)
+    first, *present = decoder.sess.run(None, {"input_ids": prefix, "attention_mask": np.ones_like(prefix),
+                                              **decoder.empty_past(prefix.shape[0])})
+    step = decoder.sess.run(["logits"], {"input_ids": last, "attention_mask": np.ones_like(ids.numpy(), dtype=np.int64),
                                          **dict(zip(decoder.past_names, present, strict=True))})[0]
-    got = np.concatenate([first_logits, step], axis=1)
-    return float(np.abs(got - expected).max())
+    got = np.concatenate([first, step], axis=1)
+    return float(np.abs(got - expected.numpy()).max())
 
 
 def lm_metrics(q: Quality, speed: DecodeSpeed, params: int, size: int, layers: int | None,

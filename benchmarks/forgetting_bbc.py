@@ -9,7 +9,7 @@ accuracy. Each is one real `distillery run` job.
 
 Old topics: business, entertainment, politics; new: the other two (sports, tech).
 
-    python benchmarks/forgetting_bbc.py [--quick]
+    python benchmarks/forgetting_bbc.py [--quick] [--remedies "none,replay 0.5"] [--alphas 0.5]
 Writes benchmarks/results/forgetting-bbc[-quick].md/.json. The quick setup (400 train / 200 eval
 articles) takes about 4 minutes on 2 cores once the quick teacher is fine-tuned.
 """
@@ -104,8 +104,16 @@ def markdown(rows: list[dict], parent: dict, teacher: dict, config: Config, info
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="400 train / 200 eval articles")
+    parser.add_argument("--remedies", default=",".join(REMEDIES), help="a comma-separated subset of the remedies")
+    parser.add_argument("--alphas", default=",".join(f"{a:g}" for a in LABELS),
+                        help="0.5 (KD), 0 (hard labels) or both")
     parser.add_argument("--cache-dir", type=Path, default=bc.DEFAULT_CACHE)
     args = parser.parse_args(argv)
+    remedies = [r.strip() for r in args.remedies.split(",") if r.strip()]
+    alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
+    unknown = sorted(set(remedies) - set(REMEDIES)) + [f"{a:g}" for a in alphas if a not in LABELS]
+    if unknown:
+        parser.error(f"unknown remedies or alphas {unknown}; remedies: {', '.join(REMEDIES)}; alphas: 0.5, 0")
     config = Config.make(args.quick)
     train_rows, eval_rows = benchmark_data(config)
     labels = bc.class_names(train_rows)
@@ -123,8 +131,8 @@ def main(argv=None) -> int:
     parent, seconds = run_job(parent_document(config, teacher, data, work / "parent", work / "cache"), work / "parent")
     bc.log(f"parent: old-topic accuracy {parent.student.accuracy:.4f} in {seconds:.0f} s")
     rows, teacher_metrics = [], None
-    for alpha in LABELS:
-        for remedy in REMEDIES:
+    for alpha in alphas:
+        for remedy in remedies:
             out = work / f"alpha{alpha:g}-{remedy.replace(' ', '').replace('+', '-')}"
             result, seconds = run_job(continued_document(remedy, alpha, config, teacher, data, work / "parent" / "model",
                                                          out, work / "cache"), out)
@@ -143,7 +151,7 @@ def main(argv=None) -> int:
                                              counts),
                               {"config": {"quick": config.quick, "old_topics": OLD_TOPICS, "layers": LAYERS,
                                           "continue_epochs": config.epochs * CONTINUE_EPOCH_FACTOR,
-                                          "remedies": REMEDIES},
+                                          "remedies": {r: REMEDIES[r] for r in remedies}, "alphas": alphas},
                                "counts": counts, "parent": parent.student.model_dump(), "teacher": teacher_metrics,
                                "rows": rows, "machine": info, "wall_seconds": wall})
     bc.log(f"wrote {md} and {js}")

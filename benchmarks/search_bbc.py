@@ -18,7 +18,8 @@ own code (LocalSearch, the trainer's run_job) on the quality benchmark's data an
    ranking cached: the seconds a trial saves.
 
     python benchmarks/search_bbc.py            # quick data (400 train / 200 eval articles, 1 epoch)
-Writes benchmarks/results/search-bbc.md/.json.
+    python benchmarks/search_bbc.py --full     # all 1781 / 444 articles, 128 tokens, 1 epoch (--epochs)
+Writes benchmarks/results/search-bbc.md/.json (search-bbc-full.* with --full).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import shutil
 import statistics
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -123,10 +125,13 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=int, default=8, help="the real NSGA-II search's maxTrials")
     parser.add_argument("--cache-dir", type=Path, default=bc.DEFAULT_CACHE)
     parser.add_argument("--out-dir", type=Path, default=bc.RESULTS)
+    parser.add_argument("--full", action="store_true", help="all BBC articles at 128 tokens (the full quality setup)")
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="healing epochs per trial (1: the grid's 24 trials fit about an hour on full data)")
     args = parser.parse_args(argv)
     wall0 = time.perf_counter()
     info = bc.machine()
-    config = Config.make(True)
+    config = replace(Config.make(not args.full), epochs=args.epochs)
     train_rows, eval_rows = benchmark_data(config)
     labels = bc.class_names(train_rows)
     data_dir = args.cache_dir / f"data-{bc.digest([config.train_rows, config.eval_rows, config.seed])}"
@@ -135,7 +140,7 @@ def main(argv=None) -> int:
     teacher, record, _ = ensure_teacher(args.cache_dir, config.teacher, train_rows, eval_rows, labels)
     teacher = teacher.resolve()
     bc.log(f"teacher: eval accuracy {record['eval_accuracy']:.4f}; {len(train_rows)} train / {len(eval_rows)} eval")
-    work = (args.cache_dir / "runs" / "search-bbc").resolve()
+    work = (args.cache_dir / "runs" / ("search-bbc-full" if args.full else "search-bbc")).resolve()
     shutil.rmtree(work, ignore_errors=True)
 
     # 5 first, on an empty cache: the same trial cold, then warm.
@@ -203,13 +208,16 @@ def main(argv=None) -> int:
         learn["without"].append(trials_to_cover(replay(base, grid, []), first_frontier))
 
     doc = {"machine": info, "space": SPACE, "objectives": OBJECTIVES,
+           "setup": {"full": args.full, "epochs": config.epochs, "max_length": config.max_length,
+                     "train_rows": len(train_rows), "eval_rows": len(eval_rows)},
            "targets": {"retention": GOAL_RETENTION, "speedup": GOAL_SPEEDUP},
            "sharing": {"cold_s": cold_s, "warm_s": warm_s},
            "grid": {"minutes": grid_wall / 60, "frontier": sorted(true_frontier),
                     "trials": [{k: v for k, v in t.items() if k != "row"} for t in order]},
            "nsga2_real": real, "replays": replays, "learn": learn,
            "wall_minutes": (time.perf_counter() - wall0) / 60}
-    bc.write_results("search-bbc", markdown(doc, config, len(train_rows), len(eval_rows)), doc, args.out_dir)
+    name = "search-bbc-full" if args.full else "search-bbc"
+    bc.write_results(name, markdown(doc, config, len(train_rows), len(eval_rows)), doc, args.out_dir)
     return 0
 
 
@@ -233,7 +241,8 @@ def markdown(doc: dict, config: Config, n_train: int, n_eval: int) -> str:
     return "\n".join([
         "# Automatic student search on BBC (DistillationSearch, local)", "",
         bc.machine_markdown(doc["machine"]), "",
-        f"Setup: the quality benchmark's quick data ({n_train} train / {n_eval} eval BBC articles, "
+        f"Setup: the quality benchmark's {'quick' if config.quick else 'full'} data "
+        f"({n_train} train / {n_eval} eval BBC articles, "
         f"{config.max_length} tokens) and its fine-tuned MiniLM teacher (6 layers); students healed "
         f"{config.epochs} epoch(s), lr {config.learning_rate:g}, T={config.temperature:g}, alpha={config.alpha:g}. "
         f"Targets: >= {doc['targets']['retention']:.0%} retention and >= {doc['targets']['speedup']}x (batch 1, "

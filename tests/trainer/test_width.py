@@ -1,4 +1,5 @@
-"""Width pruning on a tiny random BERT: shapes, outputs, the saved directory, ONNX, importance."""
+"""Width pruning on tiny random BERT-family and DistilBERT models: shapes, outputs, the saved
+directory, ONNX, importance."""
 
 from __future__ import annotations
 
@@ -26,18 +27,26 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-# The model types width pruning supports: BERT's layer layout, and the encoders that copy it.
-KINDS = ["bert", "roberta", "xlm-roberta", "electra"]
+# The model types width pruning supports: BERT's layer layout, the encoders that copy it, DistilBERT's.
+KINDS = ["bert", "roberta", "xlm-roberta", "electra", "distilbert"]
 
 
 def tiny_bert(seed: int = 0, kind: str = "bert") -> HFNet:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
-    config = AutoConfig.for_model(kind, vocab_size=120, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-                                  num_attention_heads=HEADS, intermediate_size=FFN, max_position_embeddings=64,
-                                  num_labels=3, **({"embedding_size": HIDDEN} if kind == "electra" else {}))
+    if kind == "distilbert":
+        sizes = {"dim": HIDDEN, "n_layers": LAYERS, "n_heads": HEADS, "hidden_dim": FFN}
+    else:
+        sizes = {"hidden_size": HIDDEN, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
+                 "intermediate_size": FFN, **({"embedding_size": HIDDEN} if kind == "electra" else {})}
+    config = AutoConfig.for_model(kind, vocab_size=120, max_position_embeddings=64, num_labels=3, **sizes)
     return HFNet(AutoModelForSequenceClassification.from_config(config).eval(), Task.SEQUENCE_CLASSIFICATION, None)
+
+
+def part(net: HFNet, layer: torch.nn.Module, name: str) -> torch.nn.Linear:
+    """A layer's projection by its role (query, key, value, out, up, down) in the net's layout."""
+    return width._get(layer, getattr(width.layout_of(net), name))
 
 
 def batch(rows: int = 4, tokens: int = 12, seed: int = 1) -> dict:
@@ -57,10 +66,10 @@ def masked_copy(net: HFNet, plan: width.WidthPlan) -> HFNet:
             for h in set(range(HEADS)) - set(heads):
                 rows = slice(h * HEAD_SIZE, (h + 1) * HEAD_SIZE)
                 for name in ("query", "key", "value"):
-                    getattr(layer.attention.self, name).weight[rows] = 0
-                    getattr(layer.attention.self, name).bias[rows] = 0
+                    part(ref, layer, name).weight[rows] = 0
+                    part(ref, layer, name).bias[rows] = 0
             dropped = sorted(set(range(FFN)) - set(neurons))
-            layer.output.dense.weight[:, dropped] = 0
+            part(ref, layer, "down").weight[:, dropped] = 0
     return ref
 
 
@@ -76,14 +85,15 @@ def test_removal_keeps_shapes_consistent_and_outputs_of_the_kept_units(kind):
     width.apply_plan(net, plan)
 
     assert [len(h) for h in plan.heads] == [2] * LAYERS and [len(f) for f in plan.ffn] == [16] * LAYERS
+    layout = width.layout_of(net)
     for layer in net.layer_list():
         for name in ("query", "key", "value"):
-            assert getattr(layer.attention.self, name).weight.shape == (2 * HEAD_SIZE, HIDDEN)
-        assert layer.attention.output.dense.weight.shape == (HIDDEN, 2 * HEAD_SIZE)
-        assert layer.intermediate.dense.weight.shape == (16, HIDDEN)
-        assert layer.output.dense.weight.shape == (HIDDEN, 16)
-    assert net.model.config.intermediate_size == 16
-    assert net.model.config.num_attention_heads == HEADS  # the head size stays hidden / heads
+            assert part(net, layer, name).weight.shape == (2 * HEAD_SIZE, HIDDEN)
+        assert part(net, layer, "out").weight.shape == (HIDDEN, 2 * HEAD_SIZE)
+        assert part(net, layer, "up").weight.shape == (16, HIDDEN)
+        assert part(net, layer, "down").weight.shape == (HIDDEN, 16)
+    assert getattr(net.model.config, layout.ffn_field) == 16
+    assert getattr(net.model.config, layout.heads_field) == HEADS  # the head size stays hidden / heads
     per_head = 3 * (HIDDEN * HEAD_SIZE + HEAD_SIZE) + HEAD_SIZE * HIDDEN
     per_neuron = HIDDEN + 1 + HIDDEN
     assert net.parameter_count() == before - LAYERS * (2 * per_head + 48 * per_neuron)
@@ -106,10 +116,11 @@ def test_saved_directory_loads_with_from_pretrained_and_gives_the_same_outputs(k
     with width.standard_layout(net):
         net.save(tmp_path / "model")
     # the in-memory student is compact again afterwards
-    assert net.layer_list()[0].attention.self.query.weight.shape == (2 * HEAD_SIZE, HIDDEN)
+    assert part(net, net.layer_list()[0], "query").weight.shape == (2 * HEAD_SIZE, HIDDEN)
     assert not hasattr(net.model.config, width.KEPT_HEADS_KEY)
     config = json.loads((tmp_path / "model" / "config.json").read_text())
-    assert config["intermediate_size"] == FFN // 2 and config["num_attention_heads"] == HEADS
+    layout = width.layout_of(net)
+    assert config[layout.ffn_field] == FFN // 2 and config[layout.heads_field] == HEADS
     assert config[width.KEPT_HEADS_KEY] == plan.heads
 
     loaded = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "model")).eval()
@@ -146,16 +157,17 @@ def test_pruned_student_exports_to_onnx_and_int8(kind, tmp_path):
     assert onnx_outputs(int8, [b], Hardware.CPU).shape == expected.shape
 
 
+@pytest.mark.parametrize("kind", ["bert", "distilbert"])
 @torch.no_grad()
-def test_importance_removes_the_silenced_units_first():
-    net = tiny_bert()
+def test_importance_removes_the_silenced_units_first(kind):
+    net = tiny_bert(kind=kind)
     layer = net.layer_list()[1]
     silent_head, silent_neuron = 2, 40
     rows = slice(silent_head * HEAD_SIZE, (silent_head + 1) * HEAD_SIZE)
-    layer.attention.self.value.weight[rows] = 0  # its attention output is exactly zero
-    layer.attention.self.value.bias[rows] = 0
-    layer.intermediate.dense.weight[silent_neuron] = 0
-    layer.intermediate.dense.bias[silent_neuron] = -20.0  # GELU(-20) is 0
+    part(net, layer, "value").weight[rows] = 0  # its attention output is exactly zero
+    part(net, layer, "value").bias[rows] = 0
+    part(net, layer, "up").weight[silent_neuron] = 0
+    part(net, layer, "up").bias[silent_neuron] = -20.0  # GELU(-20) is 0
 
     importance = width.measure_importance(net, [batch(), batch(seed=2)])
 
@@ -215,7 +227,7 @@ def test_a_checkpoint_whose_width_does_not_fit_is_dropped(text_job_stub):
     ok = {**saved, "plan": {"heads": [[1, 3], [0, 2]], "ffn": None}}
     net = tiny_bert()
     width.reapply(net, ok, text_job_stub(heads=0.5))
-    assert net.layer_list()[0].attention.self.query.weight.shape == (2 * HEAD_SIZE, HIDDEN)
+    assert part(net, net.layer_list()[0], "query").weight.shape == (2 * HEAD_SIZE, HIDDEN)
 
 
 def test_source_checks_name_the_field(text_job_stub):
@@ -224,9 +236,14 @@ def test_source_checks_name_the_field(text_job_stub):
     with pytest.raises(InputError, match=r"^student\.width\.heads: 0\.1 of 4 attention heads keeps none"):
         width.check_source_config(text_job_stub(heads=0.1), config, "teacher.uri")
     with pytest.raises(InputError, match=r"^student\.width: .*model_type in teacher\.uri's config\.json is not one "
-                       r"of: bert, roberta, xlm-roberta, electra$") as exc:
+                       r"of: bert, roberta, xlm-roberta, electra, distilbert$") as exc:
         width.check_source_config(text_job_stub(ffn=0.5), {**config, "model_type": "gpt2-hunter2"}, "teacher.uri")
     assert "hunter2" not in str(exc.value)  # the owner's config values are not quoted
+    # DistilBERT names its widths differently
+    distilbert = {"model_type": "distilbert", "n_heads": 12, "hidden_dim": 3072}
+    width.check_source_config(text_job_stub(heads=0.5, ffn=0.5), distilbert, "teacher.uri")
+    with pytest.raises(InputError, match=r"^student\.width\.heads: 0\.04 of 12 attention heads keeps none"):
+        width.check_source_config(text_job_stub(heads=0.04), distilbert, "teacher.uri")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Width pruning of BERT-family students: attention heads and FFN neurons, by activation importance.
+"""Width pruning of BERT-family and DistilBERT students: attention heads and FFN neurons, by activation importance.
 
 Minitron-style (Sreenivas, Muralidharan et al., 2024): after the layer cut and before healing,
 run the student on calibration batches from the train split and score
@@ -10,11 +10,12 @@ run the student on calibration batches from the train split and score
   activation function), over the same tokens and rows.
 
 Every layer keeps the same number of heads and of neurons (the best-scoring ones), so the
-student stays one configuration. FFN pruning is a standard BertConfig (`intermediate_size`).
-Heads are removed from the model in memory and in the ONNX files; transformers 5 no longer has
-`prune_heads` / `config.pruned_heads`, and BERT's attention width is tied to `hidden_size`, so
-the saved Hugging Face directory stores the removed heads as zeros (`standard_layout`): it loads
-with plain `from_pretrained` and gives the same outputs, and `compact` removes them again.
+student stays one configuration. FFN pruning is a standard config field (`intermediate_size`,
+DistilBERT's `hidden_dim`). Heads are removed from the model in memory and in the ONNX files;
+transformers 5 no longer has `prune_heads` / `config.pruned_heads`, and the attention width is
+tied to the hidden size in these configs, so the saved Hugging Face directory stores the removed
+heads as zeros (`standard_layout`): it loads with plain `from_pretrained` and gives the same
+outputs, and `compact` removes them again.
 """
 
 from __future__ import annotations
@@ -36,11 +37,60 @@ from distillery_trainer.loading import Inputs, read_config
 from distillery_trainer.nets import HFNet, Net, masked_mean
 from distillery_trainer.student import calibration_batches
 
-# Architectures whose layers have BERT's module layout (attention.self.{query,key,value},
-# attention.output.dense, intermediate.dense, output.dense) and were tested here.
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra")
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one architecture keeps the parts width pruning edits: module paths inside a layer
+    (every one an nn.Linear but `attention`) and the config fields of the two widths."""
+
+    attention: str  # the module holding attention_head_size and the head count
+    heads_attribute: str  # that module's head-count attribute
+    query: str
+    key: str
+    value: str
+    out: str  # the output projection: its input is the heads' outputs side by side
+    up: str  # the FFN's first projection
+    down: str  # the FFN's second: its input is the activations, one column per neuron
+    heads_field: str  # config.json's head count
+    ffn_field: str  # config.json's FFN width
+
+    def linears(self) -> tuple[str, ...]:
+        return (self.query, self.key, self.value, self.out, self.up, self.down)
+
+
+BERT_LAYOUT = Layout("attention.self", "num_attention_heads", "attention.self.query", "attention.self.key",
+                     "attention.self.value", "attention.output.dense", "intermediate.dense", "output.dense",
+                     "num_attention_heads", "intermediate_size")
+DISTILBERT_LAYOUT = Layout("attention", "n_heads", "attention.q_lin", "attention.k_lin", "attention.v_lin",
+                           "attention.out_lin", "ffn.lin1", "ffn.lin2", "n_heads", "hidden_dim")
+# The architectures tested here, by config.json's model_type.
+LAYOUTS = {"bert": BERT_LAYOUT, "roberta": BERT_LAYOUT, "xlm-roberta": BERT_LAYOUT, "electra": BERT_LAYOUT,
+           "distilbert": DISTILBERT_LAYOUT}
+SUPPORTED_MODEL_TYPES = tuple(LAYOUTS)
 # The saved config.json names the kept heads under this key, so `compact` can remove them again.
 KEPT_HEADS_KEY = "distillery_kept_heads"
+
+
+def _get(module: nn.Module, path: str) -> nn.Module | None:
+    for name in path.split("."):
+        module = getattr(module, name, None)
+        if module is None:
+            return None
+    return module
+
+
+def _set(module: nn.Module, path: str, value: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(_get(module, parent) if parent else module, name, value)
+
+
+def layout_of(net: Net) -> Layout:
+    """The layout of the student in memory, by its config's model_type."""
+    model_type = getattr(getattr(getattr(net, "model", None), "config", None), "model_type", None)
+    if not isinstance(net, HFNet) or model_type not in LAYOUTS:
+        raise InputError(f"student.width: width pruning supports {', '.join(SUPPORTED_MODEL_TYPES)}; the student "
+                         f"is {type(getattr(net, 'model', net)).__name__}")
+    return LAYOUTS[model_type]
 
 
 @dataclass(frozen=True)
@@ -85,12 +135,13 @@ def check_source_config(job: DistillationJob, config: dict, field: str) -> None:
     width = job.spec.student.width
     if width is None:
         return
-    if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
+    layout = LAYOUTS.get(config.get("model_type"))
+    if layout is None:
         # Not quoted: config values are the model owner's data.
-        raise InputError(f"student.width: width pruning supports BERT-family encoders; the model_type in "
-                         f"{field}'s config.json is not one of: {', '.join(SUPPORTED_MODEL_TYPES)}")
-    for name, ratio, key, what in (("heads", width.heads, "num_attention_heads", "attention heads"),
-                                   ("ffn", width.ffn, "intermediate_size", "FFN neurons")):
+        raise InputError(f"student.width: width pruning supports BERT-family encoders and DistilBERT; the "
+                         f"model_type in {field}'s config.json is not one of: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    for name, ratio, key, what in (("heads", width.heads, layout.heads_field, "attention heads"),
+                                   ("ffn", width.ffn, layout.ffn_field, "FFN neurons")):
         total = config.get(key)
         if ratio is None or not isinstance(total, int) or isinstance(total, bool) or total < 1:
             continue
@@ -110,24 +161,14 @@ def check_source(job: DistillationJob, inputs: Inputs) -> None:
     check_source_config(job, read_config(path, field), field)
 
 
-def check_prunable(net: Net) -> None:
-    """The student in memory has the layout the pruning code edits."""
-    model_type = getattr(getattr(getattr(net, "model", None), "config", None), "model_type", None)
-    if not isinstance(net, HFNet) or model_type not in SUPPORTED_MODEL_TYPES:
-        raise InputError(f"student.width: width pruning supports BERT-family encoders; the student is "
-                         f"{type(getattr(net, 'model', net)).__name__}")
+def check_prunable(net: Net) -> Layout:
+    """The student in memory has the layout the pruning code edits; returns it."""
+    layout = layout_of(net)
     for layer in net.layer_list():
-        if not all(_has(layer, path) for path in ("attention.self.query", "attention.self.key", "attention.self.value",
-                                                  "attention.output.dense", "intermediate.dense", "output.dense")):
-            raise InputError(f"student.width: {type(net.model).__name__}'s layers do not have BERT's layout")
-
-
-def _has(module: nn.Module, path: str) -> bool:
-    for name in path.split("."):
-        module = getattr(module, name, None)
-        if module is None:
-            return False
-    return isinstance(module, nn.Linear)
+        if not all(isinstance(_get(layer, path), nn.Linear) for path in layout.linears()):
+            raise InputError(f"student.width: {type(net.model).__name__}'s layers do not have the layout of "
+                             f"{net.model.config.model_type}")
+    return layout
 
 
 # ----------------------------------------------------------------------------- importance
@@ -144,29 +185,34 @@ class Importance:
 
 @torch.no_grad()
 def measure_importance(net: HFNet, batches: list[dict]) -> Importance:
-    """Head and neuron importance of every layer of `net` over `batches` (masking padding)."""
+    """Head and neuron importance of every layer of `net` over `batches` (masking padding).
+    Both are read at the input of a projection: the output projection sees the heads' outputs
+    side by side, the FFN's second projection the activations."""
+    layout = layout_of(net)
     layers = list(net.layer_list())
-    head_sums = [torch.zeros(layer.attention.self.num_attention_heads, dtype=torch.float64) for layer in layers]
-    neuron_sums = [torch.zeros(layer.intermediate.dense.out_features, dtype=torch.float64) for layer in layers]
+    head_sizes = [_get(layer, layout.attention).attention_head_size for layer in layers]
+    head_sums = [torch.zeros(getattr(_get(layer, layout.attention), layout.heads_attribute), dtype=torch.float64)
+                 for layer in layers]
+    neuron_sums = [torch.zeros(_get(layer, layout.up).out_features, dtype=torch.float64) for layer in layers]
     mask: dict[str, torch.Tensor] = {}
 
-    def on_attention(i: int):
-        def hook(module, args, output):
-            context = output[0] if isinstance(output, tuple) else output  # [rows, tokens, heads * head_size]
+    def on_heads(i: int):
+        def hook(module, args):
+            context = args[0]  # [rows, tokens, heads * head_size]
             rows, tokens, _ = context.shape
-            norms = context.float().view(rows, tokens, -1, module.attention_head_size).norm(dim=-1)
+            norms = context.float().reshape(rows, tokens, -1, head_sizes[i]).norm(dim=-1)
             head_sums[i].add_(masked_mean(norms, mask["m"]).sum(0).double().cpu())
         return hook
 
-    def on_intermediate(i: int):
-        def hook(module, args, output):
-            neuron_sums[i].add_(masked_mean(output.float().abs(), mask["m"]).sum(0).double().cpu())
+    def on_activations(i: int):
+        def hook(module, args):
+            neuron_sums[i].add_(masked_mean(args[0].float().abs(), mask["m"]).sum(0).double().cpu())
         return hook
 
     handles = []
     for i, layer in enumerate(layers):
-        handles.append(layer.attention.self.register_forward_hook(on_attention(i)))
-        handles.append(layer.intermediate.register_forward_hook(on_intermediate(i)))
+        handles.append(_get(layer, layout.out).register_forward_pre_hook(on_heads(i)))
+        handles.append(_get(layer, layout.down).register_forward_pre_hook(on_activations(i)))
     rows = 0
     net.eval()
     try:
@@ -211,14 +257,16 @@ class UnitSizes:
 
 
 def unit_sizes(net: HFNet) -> UnitSizes:
-    layer = net.layer_list()[0]
-    attention, size = layer.attention.self, layer.attention.self.attention_head_size
+    layout, layer = layout_of(net), net.layer_list()[0]
+    attention = _get(layer, layout.attention)
+    size = attention.attention_head_size
     per_head = sum(size * lin.in_features + (size if lin.bias is not None else 0)
-                   for lin in (attention.query, attention.key, attention.value))
-    per_head += size * layer.attention.output.dense.out_features
-    up, down = layer.intermediate.dense, layer.output.dense
+                   for lin in (_get(layer, layout.query), _get(layer, layout.key), _get(layer, layout.value)))
+    per_head += size * _get(layer, layout.out).out_features
+    up, down = _get(layer, layout.up), _get(layer, layout.down)
     per_neuron = up.in_features + (1 if up.bias is not None else 0) + down.out_features
-    return UnitSizes(net.num_layers(), attention.num_attention_heads, per_head, up.out_features, per_neuron)
+    return UnitSizes(net.num_layers(), getattr(attention, layout.heads_attribute), per_head, up.out_features,
+                     per_neuron)
 
 
 def counts_for_budget(total: int, sizes: UnitSizes, budget: int) -> tuple[int, int]:
@@ -260,53 +308,59 @@ def _head_rows(keep: list[int], head_size: int) -> torch.Tensor:
     return torch.cat([torch.arange(h * head_size, (h + 1) * head_size) for h in keep])
 
 
+def _set_head_count(attention: nn.Module, layout: Layout, heads: int) -> None:
+    setattr(attention, layout.heads_attribute, heads)
+    if hasattr(attention, "all_head_size"):  # BERT's attention keeps the width too
+        attention.all_head_size = heads * attention.attention_head_size
+
+
 @torch.no_grad()
-def prune_layer_heads(layer: nn.Module, keep: list[int]) -> None:
+def prune_layer_heads(layer: nn.Module, layout: Layout, keep: list[int]) -> None:
     """Keep only the heads at `keep`: rows of query/key/value, columns of the output projection.
-    BERT's attention infers the head count from the projection's width, so nothing else changes."""
-    attention = layer.attention.self
-    rows = _head_rows(keep, attention.attention_head_size).to(attention.query.weight.device)
-    for name in ("query", "key", "value"):
-        old = getattr(attention, name)
-        setattr(attention, name, _linear(old.weight[rows], None if old.bias is None else old.bias[rows]))
-    dense = layer.attention.output.dense
-    layer.attention.output.dense = _linear(dense.weight[:, rows], dense.bias)
-    attention.num_attention_heads = len(keep)
-    attention.all_head_size = len(keep) * attention.attention_head_size
+    The attention infers the head count from the projection's width, so nothing else changes."""
+    attention = _get(layer, layout.attention)
+    rows = _head_rows(keep, attention.attention_head_size).to(_get(layer, layout.query).weight.device)
+    for path in (layout.query, layout.key, layout.value):
+        old = _get(layer, path)
+        _set(layer, path, _linear(old.weight[rows], None if old.bias is None else old.bias[rows]))
+    out = _get(layer, layout.out)
+    _set(layer, layout.out, _linear(out.weight[:, rows], out.bias))
+    _set_head_count(attention, layout, len(keep))
 
 
 @torch.no_grad()
-def prune_layer_ffn(layer: nn.Module, keep: list[int]) -> None:
-    """Keep only the intermediate neurons at `keep`: rows of intermediate.dense, columns of output.dense."""
-    index = torch.tensor(keep, device=layer.intermediate.dense.weight.device)
-    up, down = layer.intermediate.dense, layer.output.dense
-    layer.intermediate.dense = _linear(up.weight[index], None if up.bias is None else up.bias[index])
-    layer.output.dense = _linear(down.weight[:, index], down.bias)
+def prune_layer_ffn(layer: nn.Module, layout: Layout, keep: list[int]) -> None:
+    """Keep only the FFN neurons at `keep`: rows of the first projection, columns of the second."""
+    up, down = _get(layer, layout.up), _get(layer, layout.down)
+    index = torch.tensor(keep, device=up.weight.device)
+    _set(layer, layout.up, _linear(up.weight[index], None if up.bias is None else up.bias[index]))
+    _set(layer, layout.down, _linear(down.weight[:, index], down.bias))
 
 
 def apply_plan(net: HFNet, plan: WidthPlan) -> None:
     """Prune `net` in place to `plan`; the config records the FFN width (a standard field)."""
+    layout = layout_of(net)
     layers = list(net.layer_list())
     for axis in (plan.heads, plan.ffn):
         if axis is not None and len(axis) != len(layers):
             raise ValueError(f"the plan has {len(axis)} layers, the student {len(layers)}")
     if plan.heads is not None:
         for layer, keep in zip(layers, plan.heads, strict=True):
-            _check_indices(keep, layer.attention.self.num_attention_heads, "head")
+            _check_indices(keep, getattr(_get(layer, layout.attention), layout.heads_attribute), "head")
         counts = {len(keep) for keep in plan.heads}
         if len(counts) != 1:
             raise ValueError("every layer must keep the same number of heads")
         for layer, keep in zip(layers, plan.heads, strict=True):
-            prune_layer_heads(layer, keep)
+            prune_layer_heads(layer, layout, keep)
     if plan.ffn is not None:
         for layer, keep in zip(layers, plan.ffn, strict=True):
-            _check_indices(keep, layer.intermediate.dense.out_features, "FFN neuron")
+            _check_indices(keep, _get(layer, layout.up).out_features, "FFN neuron")
         counts = {len(keep) for keep in plan.ffn}
         if len(counts) != 1:
             raise ValueError("every layer must keep the same number of FFN neurons")
         for layer, keep in zip(layers, plan.ffn, strict=True):
-            prune_layer_ffn(layer, keep)
-        net.model.config.intermediate_size = counts.pop()
+            prune_layer_ffn(layer, layout, keep)
+        setattr(net.model.config, layout.ffn_field, counts.pop())
 
 
 def _check_indices(keep, total: int, what: str) -> None:
@@ -327,46 +381,48 @@ def standard_layout(net: Net) -> Iterator[None]:
     if not isinstance(net, HFNet) or not _pruned_heads(net):
         yield
         return
+    layout = layout_of(net)
     config = net.model.config
-    total = config.num_attention_heads
+    total = getattr(config, layout.heads_field)
     saved, kept = [], []
     with torch.no_grad():
         for layer in net.layer_list():
-            attention, output = layer.attention.self, layer.attention.output
+            attention = _get(layer, layout.attention)
             keep = getattr(attention, "distillery_kept_heads", list(range(total)))
-            rows = _head_rows(keep, attention.attention_head_size).to(attention.query.weight.device)
+            rows = _head_rows(keep, attention.attention_head_size).to(_get(layer, layout.query).weight.device)
             full = total * attention.attention_head_size
-            saved.append((attention.query, attention.key, attention.value, output.dense,
-                          attention.num_attention_heads, attention.all_head_size))
-            for name in ("query", "key", "value"):
-                old = getattr(attention, name)
+            saved.append(({path: _get(layer, path) for path in (layout.query, layout.key, layout.value, layout.out)},
+                          getattr(attention, layout.heads_attribute)))
+            for path in (layout.query, layout.key, layout.value):
+                old = _get(layer, path)
                 weight = old.weight.new_zeros(full, old.in_features)
                 weight[rows] = old.weight
                 bias = None
                 if old.bias is not None:
                     bias = old.bias.new_zeros(full)
                     bias[rows] = old.bias
-                setattr(attention, name, _linear(weight, bias))
-            weight = output.dense.weight.new_zeros(output.dense.out_features, full)
-            weight[:, rows] = output.dense.weight
-            output.dense = _linear(weight, output.dense.bias)
-            attention.num_attention_heads, attention.all_head_size = total, full
+                _set(layer, path, _linear(weight, bias))
+            out = _get(layer, layout.out)
+            weight = out.weight.new_zeros(out.out_features, full)
+            weight[:, rows] = out.weight
+            _set(layer, layout.out, _linear(weight, out.bias))
+            _set_head_count(attention, layout, total)
             kept.append(list(keep))
     setattr(config, KEPT_HEADS_KEY, kept)
     try:
         yield
     finally:
-        for layer, (q, k, v, dense, heads, width) in zip(net.layer_list(), saved, strict=True):
-            attention = layer.attention.self
-            attention.query, attention.key, attention.value = q, k, v
-            layer.attention.output.dense = dense
-            attention.num_attention_heads, attention.all_head_size = heads, width
+        for layer, (modules, heads) in zip(net.layer_list(), saved, strict=True):
+            for path, module in modules.items():
+                _set(layer, path, module)
+            _set_head_count(_get(layer, layout.attention), layout, heads)
         if hasattr(config, KEPT_HEADS_KEY):
             delattr(config, KEPT_HEADS_KEY)
 
 
 def _pruned_heads(net: HFNet) -> bool:
-    return any(hasattr(layer.attention.self, "distillery_kept_heads") for layer in net.layer_list())
+    attention = layout_of(net).attention
+    return any(hasattr(_get(layer, attention), "distillery_kept_heads") for layer in net.layer_list())
 
 
 def compact(model: nn.Module) -> nn.Module:
@@ -389,8 +445,9 @@ def compact(model: nn.Module) -> nn.Module:
 
 def _mark_kept_heads(net: HFNet, heads: list[list[int]] | None) -> None:
     if heads is not None:
+        attention = layout_of(net).attention
         for layer, keep in zip(net.layer_list(), heads, strict=True):
-            layer.attention.self.distillery_kept_heads = list(keep)
+            _get(layer, attention).distillery_kept_heads = list(keep)
 
 
 def prune(student: Net, data: Encoded, job: DistillationJob, device: torch.device,

@@ -234,7 +234,7 @@ class Vocabulary(ApiModel):
 
 class Width(ApiModel):
     """Width pruning after the layer cut: attention heads and FFN neurons kept per layer, chosen
-    by their activations on calibration batches (Minitron-style); BERT-family encoders only."""
+    by their activations on calibration batches (Minitron-style); BERT-family encoders and DistilBERT."""
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": crd_extra(

@@ -135,19 +135,15 @@ def _pca_embeddings(minilm: Path, dim: int):
     return (projected / projected.std() * 0.05).float()
 
 
-@pytest.fixture(scope="session")
-def tiny_teacher(bbc_data: TextData, tmp_path_factory: pytest.TempPathFactory) -> TinyTeacher:
+def fine_tune_teacher(model, bbc_data: TextData, name: str, tmp_path_factory: pytest.TempPathFactory) -> TinyTeacher:
+    """Fine-tune a freshly built sequence classifier (MiniLM's tokenizer, its word embeddings
+    projected to the model's width) on the BBC split and save it with the tokenizer files."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import AutoTokenizer
 
     minilm = minilm_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(minilm))
-    ids = {name: i for i, name in enumerate(bbc_data.classes)}
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-        intermediate_size=128, max_position_embeddings=128, num_labels=len(ids),
-        id2label={i: n for n, i in ids.items()}, label2id=dict(ids),
-    )
+    ids = model.config.label2id
 
     def encode(path: Path):
         rows = read_jsonl(path)
@@ -156,10 +152,9 @@ def tiny_teacher(bbc_data: TextData, tmp_path_factory: pytest.TempPathFactory) -
         return enc["input_ids"], enc["attention_mask"], torch.tensor([ids[r["label"]] for r in rows])
 
     with torch_threads(1):
-        torch.manual_seed(0)
-        model = BertForSequenceClassification(config)
         with torch.no_grad():
-            model.bert.embeddings.word_embeddings.weight.copy_(_pca_embeddings(minilm, config.hidden_size))
+            embeddings = model.get_input_embeddings().weight
+            embeddings.copy_(_pca_embeddings(minilm, embeddings.shape[1]))
         x, mask, y = encode(bbc_data.train)
         ex, emask, ey = encode(bbc_data.eval)
         epochs, batch = 8, 16
@@ -180,17 +175,40 @@ def tiny_teacher(bbc_data: TextData, tmp_path_factory: pytest.TempPathFactory) -
         with torch.no_grad():
             accuracy = float((model(input_ids=ex, attention_mask=emask).logits.argmax(1) == ey).float().mean())
     # Chance is 0.2 with five balanced classes; the distillation tests need a real teacher.
-    assert accuracy > 0.5, f"the tiny teacher only reached eval accuracy {accuracy:.2f}"
+    assert accuracy > 0.5, f"the tiny {name} teacher only reached eval accuracy {accuracy:.2f}"
 
-    out = tmp_path_factory.mktemp("teacher") / "tiny-bert"
+    out = tmp_path_factory.mktemp("teacher") / name
     model.save_pretrained(str(out))  # safetensors is the only format transformers 5 writes
-    for name in TOKENIZER_FILES:
-        if (minilm / name).is_file():
-            shutil.copy2(minilm / name, out / name)
-    saved = json.loads((out / "config.json").read_text())
-    assert saved["architectures"] == ["BertForSequenceClassification"]
+    for file in TOKENIZER_FILES:
+        if (minilm / file).is_file():
+            shutil.copy2(minilm / file, out / file)
     assert (out / "model.safetensors").is_file()
-    return TinyTeacher(out, accuracy)
+    return TinyTeacher(out, accuracy, model.config.num_hidden_layers)
+
+
+def label_config(bbc_data: TextData) -> dict:
+    ids = {name: i for i, name in enumerate(bbc_data.classes)}
+    return {"num_labels": len(ids), "id2label": {i: n for n, i in ids.items()}, "label2id": dict(ids)}
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(bbc_data: TextData, tmp_path_factory: pytest.TempPathFactory) -> TinyTeacher:
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=minilm_vocab_size(), hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=128, **label_config(bbc_data))
+    torch.manual_seed(0)
+    teacher = fine_tune_teacher(BertForSequenceClassification(config), bbc_data, "tiny-bert", tmp_path_factory)
+    saved = json.loads((teacher.path / "config.json").read_text())
+    assert saved["architectures"] == ["BertForSequenceClassification"]
+    return teacher
+
+
+def minilm_vocab_size() -> int:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(minilm_dir())).vocab_size
 
 
 # ----------------------------------------------------------------------------- jobs

@@ -68,8 +68,21 @@ def test_vocabulary_report_round_trips_and_refuses_impossible_counts() -> None:
     good = {"originalTokens": 30522, "keptTokens": 5000, "embeddingParametersRemoved": 25522 * 64,
             "embeddingShareRemoved": 0.836184, "trainTokens": 900, "trainTokensUnknown": 0,
             "evalTokens": 300, "evalTokensUnknown": 12, "evalUnknownShare": 0.04}
-    assert VocabularyReport.model_validate(good).to_wire() == good
+    # reports written before `segmentation` existed read as WordPiece's: the same split
+    assert VocabularyReport.model_validate(good).to_wire() == {**good, "segmentation": "same"}
     for bad in ({"keptTokens": 40000}, {"evalTokensUnknown": 301}, {"trainTokensUnknown": 901},
                 {"evalUnknownShare": 1.5}, {"keptTokens": 0}):
+        with pytest.raises(ValueError):
+            VocabularyReport.model_validate({**good, **bad})
+
+
+def test_a_resplit_report_counts_unknowns_against_the_students_tokens() -> None:
+    good = {"originalTokens": 8000, "keptTokens": 3813, "embeddingParametersRemoved": 4187 * 64,
+            "embeddingShareRemoved": 0.523375, "segmentation": "resplit", "trainTokens": 900,
+            "trainTokensUnknown": 0, "evalTokens": 300, "evalTokensUnknown": 310, "evalUnknownShare": 0.9,
+            "trainTokensStudent": 900, "evalTokensStudent": 340}
+    assert VocabularyReport.model_validate(good).to_wire() == good  # more unknowns than the teacher had tokens
+    for bad in ({"evalTokensUnknown": 341}, {"segmentation": "same"}, {"evalTokensStudent": None},
+                {"segmentation": "other"}):
         with pytest.raises(ValueError):
             VocabularyReport.model_validate({**good, **bad})

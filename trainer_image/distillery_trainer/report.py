@@ -118,9 +118,13 @@ def metrics_document(result: TrainerResult) -> dict:
 
 def vocabulary_summary(v) -> str:
     """One line on vocabulary pruning: tokens kept, embedding share removed, eval tokens lost."""
-    return (f"kept {v.kept_tokens:,} of {v.original_tokens:,} tokens ({v.embedding_share_removed:.1%} of the word "
-            f"embeddings removed); {v.eval_tokens_unknown:,} of {v.eval_tokens:,} eval tokens became [UNK] "
-            f"({v.eval_unknown_share:.2%})")
+    kept = (f"kept {v.kept_tokens:,} of {v.original_tokens:,} tokens ({v.embedding_share_removed:.1%} of the word "
+            f"embeddings removed); ")
+    if v.segmentation == "resplit":
+        return kept + (f"the eval split takes {v.eval_tokens_student:,} tokens (the teacher's tokenizer "
+                       f"{v.eval_tokens:,}), {v.eval_tokens_unknown:,} of them unknown ({v.eval_unknown_share:.2%})")
+    return kept + (f"{v.eval_tokens_unknown:,} of {v.eval_tokens:,} eval tokens became [UNK] "
+                   f"({v.eval_unknown_share:.2%})")
 
 
 def _variant_file(result: TrainerResult) -> str:
@@ -148,9 +152,12 @@ def _vocabulary_card(result: TrainerResult, spec) -> str:
         return ""
     floor = f", the {asked.keep_tokens:,} lowest ids" if asked.keep_tokens else ""
     return (f"\n- Vocabulary pruning: kept the tokens the train split uses at least {asked.min_count} time(s)"
-            f"{floor} and the special tokens: {vocabulary_summary(v)}. The tokenizer in `model/` splits text as "
-            "the teacher's does; removed tokens map to [UNK]. Copy its tokenizer.json rather than re-saving the "
-            "tokenizer: `save_pretrained` keeps one string per id and loses the removed ones.")
+            f"{floor} and the special tokens: {vocabulary_summary(v)}. " + (
+                "The tokenizer in `model/` has only the kept tokens: it spells a removed one with kept pieces."
+                if v.segmentation == "resplit" else
+                "The tokenizer in `model/` splits text as the teacher's does; removed tokens map to [UNK]. Copy "
+                "its tokenizer.json rather than re-saving the tokenizer: `save_pretrained` keeps one string per id "
+                "and loses the removed ones."))
 
 
 def model_card(result: TrainerResult, job) -> str:

@@ -219,8 +219,9 @@ class StudentBase(ApiModel):
 
 class Vocabulary(ApiModel):
     """Vocabulary pruning for a domain: the student keeps the word embeddings of the tokens the
-    train split uses (plus special tokens and a floor); its tokenizer still splits any text as
-    the teacher's does, removed tokens becoming [UNK]. WordPiece (BERT-style) tokenizers only."""
+    train split uses (plus special tokens and a floor); its tokenizer either splits any text as
+    the teacher's does, removed tokens becoming [UNK] (WordPiece), or spells removed tokens with
+    kept pieces (BPE, Unigram / SentencePiece)."""
 
     prune: bool = Field(default=True, description="keep only the tokens the train split uses")
     min_count: int = Field(

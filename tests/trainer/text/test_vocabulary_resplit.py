@@ -1,0 +1,230 @@
+"""Vocabulary pruning with BPE (byte-level, RoBERTa-style) and Unigram (SentencePiece, XLM-R-style)
+tokenizers, which spell a removed token with kept pieces instead of mapping it to [UNK].
+
+Both tokenizers are trained here with the `tokenizers` library on the whole BBC News corpus (2225
+articles; the test split uses 400 of them, cut to 600 characters), as a real teacher's tokenizer
+is trained on far more text than one domain's train split uses. What must hold: the
+train split splits exactly as before (the teacher's ids mapped old -> new), any other text still
+tokenizes with kept ids only (byte-level BPE losslessly, without unknowns; Unigram with its unk_id
+where no kept piece covers a character); and a RoBERTa / XLM-R teacher distils end to end with
+its vocabulary pruned, the saved directory loading with `from_pretrained` and matching the ONNX
+student from raw text.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from distillery.api import load_job
+from distillery.api.result import TrainerResult
+from distillery_trainer import vocabulary
+from distillery_trainer.pipeline import run
+from distillery_trainer.progress import Progress
+
+from .conftest import (
+    MAX_LENGTH,
+    TinyTeacher,
+    bbc_corpus_texts,
+    fine_tune_teacher,
+    label_config,
+    read_jsonl,
+)
+
+SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+VOCAB_SIZE = 8000
+# Words and characters BBC news rarely has: they need pieces the train split never used.
+RARE_TEXTS = ["Xylophonists serenaded unbelievably quarrelsome axolotls; the flamingos' choreography dazzled.",
+              "Naïve café owners in Zürich said: «ça va» — 😀 Жизнь!"]
+# The model type and tokenizer class of a real checkpoint with that tokenizer.
+KINDS = {"bpe": ("roberta", "RobertaTokenizer"), "unigram": ("xlm-roberta", "XLMRobertaTokenizer")}
+
+
+def texts_of(path: Path) -> list[str]:
+    return [row["text"] for row in read_jsonl(path)]
+
+
+def train_tokenizer(kind: str, texts: list[str], out: Path) -> Path:
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast
+
+    if kind == "bpe":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIALS,
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    else:
+        tok = Tokenizer(models.Unigram())
+        tok.normalizer = normalizers.NFKC()
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        tok.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIALS,
+                                                               unk_token="<unk>"))
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
+    fast.save_pretrained(str(out))
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    (out / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": KINDS[kind][1]}))
+    return out
+
+
+@pytest.fixture(scope="module", params=list(KINDS))
+def tokenizer_dir(request, tmp_path_factory) -> Path:
+    return train_tokenizer(request.param, bbc_corpus_texts(), tmp_path_factory.mktemp(f"{request.param}-tokenizer"))
+
+
+def kind_of(tokenizer_dir: Path) -> str:
+    return tokenizer_dir.name.split("-")[0]
+
+
+def load(tokenizer_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir))
+
+
+def pruned_for_train(tokenizer, bbc_data) -> tuple[list[int], object]:
+    """The kept ids for the whole train texts (as a run with minCount 1 picks them, but without
+    truncation, whose cut word a run's re-encoding may split differently) and the pruned
+    tokenizer, as `tokenizers` loads it."""
+    from tokenizers import Tokenizer
+
+    doc = vocabulary.tokenizer_document(tokenizer)
+    used = {i for text in texts_of(bbc_data.train) for i in tokenizer(text)["input_ids"]}
+    kept = vocabulary.complete_kept(doc, sorted(used | set(tokenizer.all_special_ids)))
+    return kept, Tokenizer.from_str(json.dumps(vocabulary.pruned_tokenizer_json(doc, kept)))
+
+
+# ----------------------------------------------------------------------------- the tokenizer
+
+
+def test_train_text_splits_as_before_and_other_text_with_kept_pieces(tokenizer_dir, bbc_data):
+    teacher = load(tokenizer_dir)
+    kept, pruned = pruned_for_train(teacher, bbc_data)
+    position = {old: new for new, old in enumerate(kept)}
+    assert len(kept) < teacher.backend_tokenizer.get_vocab_size() * 0.9  # the split uses a share of it
+    assert pruned.get_vocab_size() == len(kept)
+
+    for text in texts_of(bbc_data.train):  # the kept ids are what the teacher's were, renumbered
+        assert pruned.encode(text).ids == [position[i] for i in teacher(text)["input_ids"]]
+
+    longer, unknown_new, unknown_old = 0, 0, 0
+    unk_old, unk_new = teacher.unk_token_id, position[teacher.unk_token_id]
+    for text in texts_of(bbc_data.eval) + RARE_TEXTS:
+        original, mine = teacher(text)["input_ids"], pruned.encode(text).ids
+        assert max(mine) < len(kept)
+        assert len(mine) >= len(original)
+        longer += len(mine) > len(original)
+        unknown_old += original.count(unk_old)
+        unknown_new += mine.count(unk_new)
+        if kind_of(tokenizer_dir) == "bpe":  # bytes spell anything: the text comes back whole
+            assert pruned.decode(mine) == teacher.decode(original, skip_special_tokens=True)
+    assert longer > 10, "the eval texts must use pieces the train split does not"
+    if kind_of(tokenizer_dir) == "bpe":
+        assert unknown_new == 0
+    else:  # characters no kept piece covers become <unk>: the rare texts' Cyrillic and emoji at least
+        assert unknown_new > unknown_old
+
+
+def test_bpe_keeps_what_kept_tokens_are_merged_from(bbc_data, tmp_path):
+    tokenizer = load(train_tokenizer("bpe", texts_of(bbc_data.train), tmp_path / "bpe"))
+    doc = vocabulary.tokenizer_document(tokenizer)
+    model = doc["model"]
+    vocab = model["vocab"]
+    word = vocab["Ġgovernment"] if "Ġgovernment" in vocab else vocab["Ġthe"]
+    kept = vocabulary.complete_kept(doc, sorted({word, *tokenizer.all_special_ids}))
+    names = {i for token, i in vocab.items() if i in set(kept)}
+    kept_tokens = {token for token, i in vocab.items() if i in names}
+    assert len([t for t in kept_tokens if len(t) == 1]) == 256  # the byte alphabet
+    for a, b in vocabulary.merge_pairs(model):  # closed: each kept token's merges keep both parts
+        if a + b in kept_tokens:
+            assert a in kept_tokens and b in kept_tokens
+    pruned = vocabulary.pruned_tokenizer_json(doc, kept)
+    assert len(pruned["model"]["merges"]) < len(model["merges"])
+    assert all(a in kept_tokens and b in kept_tokens for a, b in vocabulary.merge_pairs(pruned["model"]))
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def resplit_teacher(tokenizer_dir, bbc_data, tmp_path_factory) -> TinyTeacher:
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    model_type = KINDS[kind_of(tokenizer_dir)][0]
+    config = AutoConfig.for_model(model_type, vocab_size=VOCAB_SIZE, hidden_size=64, num_hidden_layers=4,
+                                  num_attention_heads=4, intermediate_size=128, max_position_embeddings=MAX_LENGTH + 4,
+                                  type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                                  **label_config(bbc_data))
+    torch.manual_seed(0)
+    return fine_tune_teacher(AutoModelForSequenceClassification.from_config(config), bbc_data,
+                             f"tiny-{model_type}", tmp_path_factory, tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def resplit_run(resplit_teacher, text_job, tmp_path_factory) -> tuple[Path, TrainerResult]:
+    out = tmp_path_factory.mktemp("resplit-run")
+    doc = text_job(out.as_uri(), name="tiny-resplit-bbc", teacher={"uri": resplit_teacher.path.as_uri()},
+                   student={"method": "importance", "keepLayers": 2, "width": {"ffn": 0.5},
+                            "vocabulary": {"prune": True}},
+                   export={"formats": ["onnx", "safetensors"], "int8": True})
+    return out, run(load_job(doc), progress=Progress(show_bar=False))
+
+
+def test_a_pruned_vocabulary_distils_end_to_end(resplit_run, resplit_teacher, tokenizer_dir):
+    out, result = resplit_run
+    v = result.vocabulary
+    assert v.segmentation == "resplit" and v.original_tokens == VOCAB_SIZE and v.kept_tokens < VOCAB_SIZE
+    # every row is longer than MAX_LENGTH tokens in both tokenizations: the counts are the cut's
+    assert v.train_tokens_student == v.train_tokens and v.eval_tokens_student == v.eval_tokens
+    if kind_of(tokenizer_dir) == "bpe":
+        assert v.eval_tokens_unknown == 0
+    assert result.teacher.accuracy == pytest.approx(resplit_teacher.eval_accuracy, abs=0.02)
+    assert result.student.accuracy > 0.4, result.student.accuracy  # healed: chance is 0.2
+    assert result.onnx_max_abs_diff < 1e-3
+    card = (out / "README.md").read_text()
+    assert "spells a removed one with kept pieces" in card
+    assert json.loads((out / "result.json").read_text())["vocabulary"]["segmentation"] == "resplit"
+
+
+def test_the_saved_student_from_raw_text_gives_the_measured_accuracy(resplit_run, bbc_data):
+    """The run measured the student on the eval split encoded by the pruned tokenizer: the saved
+    directory and the ONNX file, fed by the saved tokenizer from raw text, make the same predictions."""
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    out, result = resplit_run
+    model = AutoModelForSequenceClassification.from_pretrained(str(out / "model")).eval()
+    tokenizer = load(out / "model")
+    assert model.config.vocab_size == result.vocabulary.kept_tokens == len(tokenizer)
+    rows = read_jsonl(bbc_data.eval)
+    enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=MAX_LENGTH, padding="max_length",
+                    return_tensors="pt")
+    labels = torch.tensor([model.config.label2id[r["label"]] for r in rows])
+    assert int(enc["input_ids"].max()) < result.vocabulary.kept_tokens
+    with torch.no_grad():
+        from_hf = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    from_onnx = session.run(None, {i.name: enc[i.name].numpy() for i in session.get_inputs()})[0]
+    assert abs(from_hf.numpy() - from_onnx).max() < 1e-3
+    measured = result.metrics_of("fp32").accuracy
+    assert int((from_hf.argmax(1) == labels).sum()) == round(measured * len(rows))
+    # and the rare texts, with pieces no train row used, still tokenize into ids the student has
+    rare = tokenizer(RARE_TEXTS, padding=True, return_tensors="pt")
+    assert int(rare["input_ids"].max()) < result.vocabulary.kept_tokens

@@ -28,7 +28,7 @@ def _one_thread():
 
 
 # The model types width pruning supports: BERT's layer layout, the encoders that copy it, DistilBERT's.
-KINDS = ["bert", "roberta", "xlm-roberta", "electra", "distilbert"]
+KINDS = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "deberta-v2-separate-positions"]
 
 
 def tiny_bert(seed: int = 0, kind: str = "bert") -> HFNet:
@@ -37,6 +37,14 @@ def tiny_bert(seed: int = 0, kind: str = "bert") -> HFNet:
     torch.manual_seed(seed)
     if kind == "distilbert":
         sizes = {"dim": HIDDEN, "n_layers": LAYERS, "n_heads": HEADS, "hidden_dim": FFN}
+    elif kind.startswith("deberta-v2"):
+        # DeBERTa-v3's relative attention; its positional keys and queries are either the
+        # key/query projections (share_att_key, v3's checkpoints) or projections of their own.
+        sizes = {"hidden_size": HIDDEN, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
+                 "intermediate_size": FFN, "relative_attention": True, "pos_att_type": ["p2c", "c2p"],
+                 "position_buckets": 16, "max_relative_positions": 64, "norm_rel_ebd": "layer_norm",
+                 "share_att_key": kind == "deberta-v2", "type_vocab_size": 0}
+        kind = "deberta-v2"
     else:
         sizes = {"hidden_size": HIDDEN, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
                  "intermediate_size": FFN, **({"embedding_size": HIDDEN} if kind == "electra" else {})}
@@ -94,7 +102,9 @@ def test_removal_keeps_shapes_consistent_and_outputs_of_the_kept_units(kind):
         assert part(net, layer, "down").weight.shape == (HIDDEN, 16)
     assert getattr(net.model.config, layout.ffn_field) == 16
     assert getattr(net.model.config, layout.heads_field) == HEADS  # the head size stays hidden / heads
-    per_head = 3 * (HIDDEN * HEAD_SIZE + HEAD_SIZE) + HEAD_SIZE * HIDDEN
+    projections = len(layout.head_rows(net.layer_list()[0]))  # query, key, value (and DeBERTa's positional ones)
+    assert projections == (5 if kind == "deberta-v2-separate-positions" else 3)
+    per_head = projections * (HIDDEN * HEAD_SIZE + HEAD_SIZE) + HEAD_SIZE * HIDDEN
     per_neuron = HIDDEN + 1 + HIDDEN
     assert net.parameter_count() == before - LAYERS * (2 * per_head + 48 * per_neuron)
     b = batch()
@@ -236,7 +246,7 @@ def test_source_checks_name_the_field(text_job_stub):
     with pytest.raises(InputError, match=r"^student\.width\.heads: 0\.1 of 4 attention heads keeps none"):
         width.check_source_config(text_job_stub(heads=0.1), config, "teacher.uri")
     with pytest.raises(InputError, match=r"^student\.width: .*model_type in teacher\.uri's config\.json is not one "
-                       r"of: bert, roberta, xlm-roberta, electra, distilbert$") as exc:
+                       r"of: bert, roberta, xlm-roberta, electra, distilbert, deberta-v2$") as exc:
         width.check_source_config(text_job_stub(ffn=0.5), {**config, "model_type": "gpt2-hunter2"}, "teacher.uri")
     assert "hunter2" not in str(exc.value)  # the owner's config values are not quoted
     # DistilBERT names its widths differently

@@ -1,4 +1,4 @@
-"""Width pruning of BERT-family and DistilBERT students: attention heads and FFN neurons, by activation importance.
+"""Width pruning of BERT-family, DistilBERT and DeBERTa-v2/v3 students: attention heads and FFN neurons.
 
 Minitron-style (Sreenivas, Muralidharan et al., 2024): after the layer cut and before healing,
 run the student on calibration batches from the train split and score
@@ -53,9 +53,17 @@ class Layout:
     down: str  # the FFN's second: its input is the activations, one column per neuron
     heads_field: str  # config.json's head count
     ffn_field: str  # config.json's FFN width
+    # Projections with one block of rows per head like query/key/value, present in some configs
+    # only (DeBERTa's relative-position keys and queries when not shared with key/query).
+    optional_head_rows: tuple[str, ...] = ()
 
     def linears(self) -> tuple[str, ...]:
         return (self.query, self.key, self.value, self.out, self.up, self.down)
+
+    def head_rows(self, layer: nn.Module) -> tuple[str, ...]:
+        """The paths of this layer's projections that have one block of rows per head."""
+        return (self.query, self.key, self.value,
+                *(path for path in self.optional_head_rows if isinstance(_get(layer, path), nn.Linear)))
 
 
 BERT_LAYOUT = Layout("attention.self", "num_attention_heads", "attention.self.query", "attention.self.key",
@@ -63,9 +71,14 @@ BERT_LAYOUT = Layout("attention.self", "num_attention_heads", "attention.self.qu
                      "num_attention_heads", "intermediate_size")
 DISTILBERT_LAYOUT = Layout("attention", "n_heads", "attention.q_lin", "attention.k_lin", "attention.v_lin",
                            "attention.out_lin", "ffn.lin1", "ffn.lin2", "n_heads", "hidden_dim")
+# DeBERTa-v2 and -v3 (model_type deberta-v2); DeBERTa v1 packs query, key and value in one in_proj.
+DEBERTA_V2_LAYOUT = Layout("attention.self", "num_attention_heads", "attention.self.query_proj",
+                           "attention.self.key_proj", "attention.self.value_proj", "attention.output.dense",
+                           "intermediate.dense", "output.dense", "num_attention_heads", "intermediate_size",
+                           ("attention.self.pos_key_proj", "attention.self.pos_query_proj"))
 # The architectures tested here, by config.json's model_type.
 LAYOUTS = {"bert": BERT_LAYOUT, "roberta": BERT_LAYOUT, "xlm-roberta": BERT_LAYOUT, "electra": BERT_LAYOUT,
-           "distilbert": DISTILBERT_LAYOUT}
+           "distilbert": DISTILBERT_LAYOUT, "deberta-v2": DEBERTA_V2_LAYOUT}
 SUPPORTED_MODEL_TYPES = tuple(LAYOUTS)
 # The saved config.json names the kept heads under this key, so `compact` can remove them again.
 KEPT_HEADS_KEY = "distillery_kept_heads"
@@ -138,7 +151,7 @@ def check_source_config(job: DistillationJob, config: dict, field: str) -> None:
     layout = LAYOUTS.get(config.get("model_type"))
     if layout is None:
         # Not quoted: config values are the model owner's data.
-        raise InputError(f"student.width: width pruning supports BERT-family encoders and DistilBERT; the "
+        raise InputError(f"student.width: width pruning supports BERT-family encoders, DistilBERT and DeBERTa-v2; the "
                          f"model_type in {field}'s config.json is not one of: {', '.join(SUPPORTED_MODEL_TYPES)}")
     for name, ratio, key, what in (("heads", width.heads, layout.heads_field, "attention heads"),
                                    ("ffn", width.ffn, layout.ffn_field, "FFN neurons")):
@@ -261,7 +274,7 @@ def unit_sizes(net: HFNet) -> UnitSizes:
     attention = _get(layer, layout.attention)
     size = attention.attention_head_size
     per_head = sum(size * lin.in_features + (size if lin.bias is not None else 0)
-                   for lin in (_get(layer, layout.query), _get(layer, layout.key), _get(layer, layout.value)))
+                   for lin in (_get(layer, path) for path in layout.head_rows(layer)))
     per_head += size * _get(layer, layout.out).out_features
     up, down = _get(layer, layout.up), _get(layer, layout.down)
     per_neuron = up.in_features + (1 if up.bias is not None else 0) + down.out_features
@@ -320,7 +333,7 @@ def prune_layer_heads(layer: nn.Module, layout: Layout, keep: list[int]) -> None
     The attention infers the head count from the projection's width, so nothing else changes."""
     attention = _get(layer, layout.attention)
     rows = _head_rows(keep, attention.attention_head_size).to(_get(layer, layout.query).weight.device)
-    for path in (layout.query, layout.key, layout.value):
+    for path in layout.head_rows(layer):
         old = _get(layer, path)
         _set(layer, path, _linear(old.weight[rows], None if old.bias is None else old.bias[rows]))
     out = _get(layer, layout.out)
@@ -391,9 +404,9 @@ def standard_layout(net: Net) -> Iterator[None]:
             keep = getattr(attention, "distillery_kept_heads", list(range(total)))
             rows = _head_rows(keep, attention.attention_head_size).to(_get(layer, layout.query).weight.device)
             full = total * attention.attention_head_size
-            saved.append(({path: _get(layer, path) for path in (layout.query, layout.key, layout.value, layout.out)},
+            saved.append(({path: _get(layer, path) for path in (*layout.head_rows(layer), layout.out)},
                           getattr(attention, layout.heads_attribute)))
-            for path in (layout.query, layout.key, layout.value):
+            for path in layout.head_rows(layer):
                 old = _get(layer, path)
                 weight = old.weight.new_zeros(full, old.in_features)
                 weight[rows] = old.weight

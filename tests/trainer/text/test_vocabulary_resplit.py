@@ -1,14 +1,15 @@
-"""Vocabulary pruning with BPE (byte-level, RoBERTa-style) and Unigram (SentencePiece, XLM-R-style)
-tokenizers, which spell a removed token with kept pieces instead of mapping it to [UNK].
+"""Vocabulary pruning with BPE (byte-level, RoBERTa-style) and Unigram (SentencePiece: XLM-R and
+DeBERTa-v3 style) tokenizers, which spell a removed token with kept pieces instead of mapping it
+to [UNK].
 
 Both tokenizers are trained here with the `tokenizers` library on the whole BBC News corpus (2225
 articles; the test split uses 400 of them, cut to 600 characters), as a real teacher's tokenizer
 is trained on far more text than one domain's train split uses. What must hold: the
 train split splits exactly as before (the teacher's ids mapped old -> new), any other text still
 tokenizes with kept ids only (byte-level BPE losslessly, without unknowns; Unigram with its unk_id
-where no kept piece covers a character); and a RoBERTa / XLM-R teacher distils end to end with
-its vocabulary pruned, the saved directory loading with `from_pretrained` and matching the ONNX
-student from raw text.
+where no kept piece covers a character); and a RoBERTa, an XLM-R and a DeBERTa-v3 teacher distil
+end to end with depth, width and vocabulary pruned, the saved directory loading with
+`from_pretrained` and making, from raw text, the very predictions the run measured.
 """
 
 from __future__ import annotations
@@ -38,15 +39,20 @@ VOCAB_SIZE = 8000
 # Words and characters BBC news rarely has: they need pieces the train split never used.
 RARE_TEXTS = ["Xylophonists serenaded unbelievably quarrelsome axolotls; the flamingos' choreography dazzled.",
               "Naïve café owners in Zürich said: «ça va» — 😀 Жизнь!"]
-# The model type and tokenizer class of a real checkpoint with that tokenizer.
-KINDS = {"bpe": ("roberta", "RobertaTokenizer"), "unigram": ("xlm-roberta", "XLMRobertaTokenizer")}
+# Teachers by model type: their tokenizer model and the tokenizer class real checkpoints name.
+TEACHERS = {"roberta": ("bpe", "RobertaTokenizer"), "xlm-roberta": ("unigram", "XLMRobertaTokenizer"),
+            "deberta-v2": ("unigram", "DebertaV2Tokenizer")}
+# Model-specific settings of the tiny teachers (DeBERTa-v3's relative attention, shared keys).
+TEACHER_CONFIG = {"deberta-v2": {"relative_attention": True, "pos_att_type": ["p2c", "c2p"], "position_buckets": 32,
+                                 "max_relative_positions": MAX_LENGTH, "norm_rel_ebd": "layer_norm",
+                                 "share_att_key": True, "type_vocab_size": 0}}
 
 
 def texts_of(path: Path) -> list[str]:
     return [row["text"] for row in read_jsonl(path)]
 
 
-def train_tokenizer(kind: str, texts: list[str], out: Path) -> Path:
+def train_tokenizer(kind: str, texts: list[str], out: Path, tokenizer_class: str) -> Path:
     from tokenizers import (
         Tokenizer,
         decoders,
@@ -78,13 +84,14 @@ def train_tokenizer(kind: str, texts: list[str], out: Path) -> Path:
                                    pad_token="<pad>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
     fast.save_pretrained(str(out))
     config = json.loads((out / "tokenizer_config.json").read_text())
-    (out / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": KINDS[kind][1]}))
+    (out / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": tokenizer_class}))
     return out
 
 
-@pytest.fixture(scope="module", params=list(KINDS))
+@pytest.fixture(scope="module", params=["bpe", "unigram"])
 def tokenizer_dir(request, tmp_path_factory) -> Path:
-    return train_tokenizer(request.param, bbc_corpus_texts(), tmp_path_factory.mktemp(f"{request.param}-tokenizer"))
+    return train_tokenizer(request.param, bbc_corpus_texts(), tmp_path_factory.mktemp(f"{request.param}-tokenizer"),
+                           "PreTrainedTokenizerFast")
 
 
 def kind_of(tokenizer_dir: Path) -> str:
@@ -141,7 +148,7 @@ def test_train_text_splits_as_before_and_other_text_with_kept_pieces(tokenizer_d
 
 
 def test_bpe_keeps_what_kept_tokens_are_merged_from(bbc_data, tmp_path):
-    tokenizer = load(train_tokenizer("bpe", texts_of(bbc_data.train), tmp_path / "bpe"))
+    tokenizer = load(train_tokenizer("bpe", texts_of(bbc_data.train), tmp_path / "bpe", "RobertaTokenizer"))
     doc = vocabulary.tokenizer_document(tokenizer)
     model = doc["model"]
     vocab = model["vocab"]
@@ -161,16 +168,19 @@ def test_bpe_keeps_what_kept_tokens_are_merged_from(bbc_data, tmp_path):
 # ----------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def resplit_teacher(tokenizer_dir, bbc_data, tmp_path_factory) -> TinyTeacher:
+@pytest.fixture(scope="module", params=list(TEACHERS))
+def resplit_teacher(request, bbc_data, tmp_path_factory) -> TinyTeacher:
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    model_type = KINDS[kind_of(tokenizer_dir)][0]
+    model_type = request.param
+    kind, tokenizer_class = TEACHERS[model_type]
+    tokenizer_dir = train_tokenizer(kind, bbc_corpus_texts(), tmp_path_factory.mktemp(f"{kind}-tokenizer"),
+                                    tokenizer_class)
+    settings = {"type_vocab_size": 1, "max_position_embeddings": MAX_LENGTH + 4, **TEACHER_CONFIG.get(model_type, {})}
     config = AutoConfig.for_model(model_type, vocab_size=VOCAB_SIZE, hidden_size=64, num_hidden_layers=4,
-                                  num_attention_heads=4, intermediate_size=128, max_position_embeddings=MAX_LENGTH + 4,
-                                  type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-                                  **label_config(bbc_data))
+                                  num_attention_heads=4, intermediate_size=128, pad_token_id=1, bos_token_id=0,
+                                  eos_token_id=2, **settings, **label_config(bbc_data))
     torch.manual_seed(0)
     return fine_tune_teacher(AutoModelForSequenceClassification.from_config(config), bbc_data,
                              f"tiny-{model_type}", tmp_path_factory, tokenizer_dir)
@@ -180,20 +190,21 @@ def resplit_teacher(tokenizer_dir, bbc_data, tmp_path_factory) -> TinyTeacher:
 def resplit_run(resplit_teacher, text_job, tmp_path_factory) -> tuple[Path, TrainerResult]:
     out = tmp_path_factory.mktemp("resplit-run")
     doc = text_job(out.as_uri(), name="tiny-resplit-bbc", teacher={"uri": resplit_teacher.path.as_uri()},
-                   student={"method": "importance", "keepLayers": 2, "width": {"ffn": 0.5},
+                   student={"method": "importance", "keepLayers": 2, "width": {"heads": 0.5, "ffn": 0.5},
                             "vocabulary": {"prune": True}},
                    export={"formats": ["onnx", "safetensors"], "int8": True})
     return out, run(load_job(doc), progress=Progress(show_bar=False))
 
 
-def test_a_pruned_vocabulary_distils_end_to_end(resplit_run, resplit_teacher, tokenizer_dir):
+def test_a_pruned_vocabulary_distils_end_to_end(resplit_run, resplit_teacher):
     out, result = resplit_run
     v = result.vocabulary
     assert v.segmentation == "resplit" and v.original_tokens == VOCAB_SIZE and v.kept_tokens < VOCAB_SIZE
     # every row is longer than MAX_LENGTH tokens in both tokenizations: the counts are the cut's
     assert v.train_tokens_student == v.train_tokens and v.eval_tokens_student == v.eval_tokens
-    if kind_of(tokenizer_dir) == "bpe":
+    if resplit_teacher.path.name == "tiny-roberta":  # byte-level BPE spells anything
         assert v.eval_tokens_unknown == 0
+    assert (result.width.heads_kept, result.width.ffn_kept) == (2, 64)
     assert result.teacher.accuracy == pytest.approx(resplit_teacher.eval_accuracy, abs=0.02)
     assert result.student.accuracy > 0.4, result.student.accuracy  # healed: chance is 0.2
     assert result.onnx_max_abs_diff < 1e-3

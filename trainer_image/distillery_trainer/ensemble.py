@@ -10,7 +10,13 @@ learns from their weighted mixture:
   softmax of those at T is p exactly, so the KD term is KL(student || mixture) with no change to
   the loss, and the hard-label term is untouched;
 - sentence embeddings: the weighted mean of the teachers' unit-length embeddings, which the cosine
-  loss pulls the student towards.
+  loss pulls the student towards;
+- causal LMs (teachers sharing one tokenizer): each teacher's cache holds its k most likely next
+  tokens per position at T; the mixture gives every token in any teacher's list the weighted sum
+  of the probabilities listed for it, w_i p_i, and keeps the k largest. A teacher that did not
+  list a token contributes nothing to it (its share stays in the rest bucket of the top-k loss),
+  so a kept token's mixture probability is exact when every teacher listed it and a lower bound
+  otherwise, by at most sum_i w_i p_i(k-th token of teacher i).
 
 Mixing distributions rather than logits keeps each teacher's confidence: averaging logits would let
 one teacher with large logits decide alone.
@@ -59,12 +65,39 @@ def mix_pooled(pooled: list[torch.Tensor], weights: list[float]) -> torch.Tensor
     return torch.stack(units).sum(dim=0).to(pooled[0].dtype)
 
 
+# Rows (token blocks) mixed at a time: the dense (rows, L, vocabulary) sum stays tens of MB.
+TOP_K_MIX_ROWS = 4
+
+
+def mix_top_k(logprobs: list[torch.Tensor], ids: list[torch.Tensor], weights: list[float]) -> tuple[torch.Tensor,
+                                                                                                        torch.Tensor]:
+    """The mixture of top-k next-token lists (N, L, k_i each): log of sum_i w_i p_i over every
+    listed token, its k largest (k = the first teacher's), sorted descending; float32 log-probs
+    and int32 ids, as a single teacher's cache."""
+    shares = normalized(weights)
+    k = ids[0].shape[-1]
+    out_logprobs, out_ids = [], []
+    for start in range(0, len(ids[0]), TOP_K_MIX_ROWS):
+        part_ids = [i[start:start + TOP_K_MIX_ROWS].long() for i in ids]
+        vocab = 1 + max(int(i.max()) for i in part_ids)
+        dense = torch.zeros(*part_ids[0].shape[:-1], vocab, dtype=torch.float64)
+        for lp, i, w in zip(logprobs, part_ids, shares, strict=True):
+            dense.scatter_add_(-1, i, lp[start:start + TOP_K_MIX_ROWS].double().exp() * w)
+        mass, top = dense.topk(min(k, vocab), dim=-1, sorted=True)
+        out_logprobs.append(mass.log().float())
+        out_ids.append(top.to(torch.int32))
+    return torch.cat(out_logprobs), torch.cat(out_ids)
+
+
 def mix(outputs: list[TeacherOutputs], weights: list[float], temperature: float) -> TeacherOutputs:
     """The ensemble's outputs on one split, from each teacher's (all of one task, same rows)."""
     first = outputs[0]
     if any(len(o) != len(first) for o in outputs):
         raise ValueError("the teachers' outputs cover different rows")
     logits = pooled = None
+    if first.topk_ids is not None:  # cached at T already
+        logprobs, ids = mix_top_k([o.topk_logprobs for o in outputs], [o.topk_ids for o in outputs], weights)
+        return TeacherOutputs(logits=None, pooled=None, topk_logprobs=logprobs, topk_ids=ids)
     if first.logits is not None:
         logits = mix_logits([o.logits for o in outputs], weights, temperature)
     if first.pooled is not None:
@@ -74,10 +107,10 @@ def mix(outputs: list[TeacherOutputs], weights: list[float], temperature: float)
 
 def check_compatible(teacher: TeacherOutputs, member: TeacherOutputs, field: str) -> None:
     """The same kind and width of outputs as the teacher's, or a message naming the member."""
-    for name in ("logits", "pooled"):
+    for name in ("logits", "pooled", "topk_ids"):
         mine, theirs = getattr(teacher, name), getattr(member, name)
         if (mine is None) != (theirs is None) or (mine is not None and mine.shape[1:] != theirs.shape[1:]):
-            what = "classes" if name == "logits" else "embedding size"
+            what = {"logits": "classes", "pooled": "embedding size", "topk_ids": "block length and topK"}[name]
             shape = "none" if theirs is None else tuple(theirs.shape[1:])
             raise InputError(f"{field}: its outputs ({name} {shape}) do not match the teacher's "
                              f"({'none' if mine is None else tuple(mine.shape[1:])}); an ensemble needs one {what}")

@@ -312,12 +312,18 @@ def student_base_uri(base: StudentBase) -> str:
 
 
 def check_member_head(path: Path, job: DistillationJob, field: str) -> None:
-    """A Hugging Face ensemble member must be a classifier for classification (as the teacher)."""
+    """A Hugging Face ensemble member must have the teacher's kind of head: a classifier for
+    classification, a language-model head for causal-lm."""
     config = read_config(path, field)
     archs = config.get("architectures") or []
-    if job.spec.teacher.task == Task.SEQUENCE_CLASSIFICATION and isinstance(archs, list) and archs \
-            and not any("ForSequenceClassification" in str(a) for a in archs):
+    if not isinstance(archs, list) or not archs:
+        return
+    task = job.spec.teacher.task
+    if task == Task.SEQUENCE_CLASSIFICATION and not any("ForSequenceClassification" in str(a) for a in archs):
         raise InputError(f"{field}: {path} is a model without a classification head (config.json architectures)")
+    if task == Task.CAUSAL_LM and not any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        raise InputError(f"{field}: {path} is not a causal language model (config.json architectures name no "
+                         "*ForCausalLM / *LMHeadModel)")
 
 
 def encode(split: Split, inputs: Inputs, job: DistillationJob, into: Path | None = None) -> Encoded:

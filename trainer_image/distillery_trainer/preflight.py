@@ -27,6 +27,7 @@ from distillery.api.job import (
     HiddenLossType,
     Task,
     TeacherFormat,
+    TeacherLogits,
 )
 from distillery_trainer import extraction, vocabulary, width
 from distillery_trainer.builtin import BuiltinConfig, read_builtin_config
@@ -93,9 +94,9 @@ def check_causal_lm_spec(job: DistillationJob) -> None:
     if spec.distillation.hidden_loss.type != HiddenLossType.NONE:
         raise InputError("distillation.hiddenLoss: not used for causal-lm (the student learns the teacher's "
                          "next-token distributions)")
-    if spec.ensemble is not None:
-        raise InputError("ensemble: not supported for causal-lm yet (the teachers' top-k next-token caches "
-                         "would need merging); use one teacher")
+    if spec.ensemble is not None and spec.distillation.teacher_logits == TeacherLogits.ONLINE:
+        raise InputError("ensemble: a causal-lm ensemble mixes the teachers' cached next-token lists; use "
+                         "distillation.teacherLogits: top-k (online runs one teacher beside the student)")
     student = spec.student
     protect = student.keep_first_and_last is not False
     scoring = student.method == ExtractionMethod.IMPORTANCE

@@ -72,8 +72,12 @@ def table(result: TrainerResult) -> str:
     if result.ensemble is not None:
         lines.append(f"ensemble ({result.ensemble.metric_name or 'accuracy'} on eval; the student learned from "
                      "the mixture, and is measured against the first)")
-        lines.extend(f"  {m.accuracy:.4f}  weight {m.weight:.3f}  {m.uri}" for m in result.ensemble.members)
-        lines.append(f"  {result.ensemble.accuracy:.4f}  the mixture")
+        def perplexity(value: float | None) -> str:
+            return "" if value is None else f"  perplexity {value:.2f}"
+
+        lines.extend(f"  {m.accuracy:.4f}  weight {m.weight:.3f}  {m.uri}{perplexity(m.perplexity)}"
+                     for m in result.ensemble.members)
+        lines.append(f"  {result.ensemble.accuracy:.4f}  the mixture{perplexity(result.ensemble.perplexity)}")
         lines.append("")
     lines.append(f"layers kept        {result.layers_kept} of {result.teacher_layers or '?'}")
     if result.width is not None:

@@ -64,6 +64,7 @@ class EnsembleMember(ApiModel):
     uri: str
     weight: float = Field(description="normalized share of the soft labels")
     accuracy: float = Field(description="this teacher alone, by the task's metric on the eval split")
+    perplexity: float | None = Field(default=None, description="causal-lm: this teacher's eval perplexity")
 
 
 class EnsembleReport(ApiModel):
@@ -72,6 +73,8 @@ class EnsembleReport(ApiModel):
     members: list[EnsembleMember] = Field(min_length=2, description="`teacher` first, then ensemble.teachers")
     accuracy: float = Field(description="the mixture of their soft labels (what the student learned from)")
     metric_name: str | None = None
+    perplexity: float | None = Field(
+        default=None, description="causal-lm: the mixture's eval perplexity, from the teachers' full distributions")
 
 
 class VocabularyReport(ApiModel):

@@ -10,12 +10,14 @@ hardware for the teacher, the student and its int8 graph alike, in turns.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from distillery.api.job import ModelMetrics
+from distillery.api.job import ModelMetrics, Task
+from distillery.api.result import EnsembleMember, EnsembleReport
 from distillery_trainer import publish
 from distillery_trainer.errors import NonFiniteError
 from distillery_trainer.evaluation import Quality
@@ -27,7 +29,7 @@ from distillery_trainer.lm.text_blocks import zero_shot_set
 from distillery_trainer.onnx_tools import quantize_int8
 from distillery_trainer.run_context import Exported, Measurements, RunContext
 from distillery_trainer.stages import memory_uses
-from distillery_trainer.teacher import autocast
+from distillery_trainer.teacher import autocast, load_torch_model
 
 LATENCY_NAME = "decode-ms-per-token"
 # Blocks of the eval split fed to the ONNX round-trip check.
@@ -87,6 +89,42 @@ def evaluate(ctx: RunContext) -> None:
     ctx.progress.fraction(0.5)
     ctx.quality["student"] = score(ctx, torch_logits(ctx.student, ctx.device), teacher_top1, examples)
     ctx.student.cpu()
+    if ctx.ensemble is not None:
+        ctx.ensemble_report = ensemble_report(ctx, examples)
+        ctx.progress.log("ensemble: " + ", ".join(f"{m.uri} perplexity {m.perplexity:.2f}"
+                                                  for m in ctx.ensemble_report.members)
+                         + f"; mixture {ctx.ensemble_report.perplexity:.2f}")
+
+
+def mixture_logits(logits_fns, weights: list[float]):
+    """logits_of(batch) whose softmax is the teachers' mixture at T=1, sum_i w_i softmax(z_i): the
+    full distributions, not the top-k lists the student learned from."""
+
+    def logits_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        terms = [torch.log_softmax(fn(batch), dim=-1) + math.log(w) for fn, w in zip(logits_fns, weights, strict=True)]
+        return torch.logsumexp(torch.stack(terms), dim=0)
+
+    return logits_of
+
+
+def ensemble_report(ctx: RunContext, examples) -> EnsembleReport:
+    """Each teacher of a causal-lm ensemble alone and their mixture, scored like the student."""
+    run = ctx.ensemble
+    members = [load_torch_model(path, member.format, Task.CAUSAL_LM, None)
+               for member, path in zip(ctx.spec.ensemble.teachers, ctx.inputs.ensemble, strict=True)]
+    nets = [ctx.teacher.net, *members]
+    qualities = [ctx.quality["teacher"]]
+    for net in members:
+        qualities.append(score(ctx, torch_logits(net, ctx.device), None, examples))
+        net.cpu()
+    mixture = score(ctx, mixture_logits([torch_logits(net, ctx.device) for net in nets], run.weights), None, examples)
+    for net in nets:
+        net.cpu()
+    return EnsembleReport(
+        members=[EnsembleMember(uri=uri, weight=round(w, 6), accuracy=round(q.accuracy, 6),
+                                perplexity=round(q.perplexity, 4))
+                 for uri, w, q in zip(run.uris, run.weights, qualities, strict=True)],
+        accuracy=round(mixture.accuracy, 6), metric_name=mixture.metric_name, perplexity=round(mixture.perplexity, 4))
 
 
 def weights_size(directory: Path) -> int:

@@ -14,6 +14,7 @@ from distillery_trainer import width
 from distillery_trainer.checkpoint import CorruptCheckpoint
 from distillery_trainer.errors import InputError
 from distillery_trainer.nets import HFNet
+from distillery_trainer.width_layouts import get_module
 
 HIDDEN, HEADS, FFN, LAYERS = 32, 4, 64, 2
 HEAD_SIZE = HIDDEN // HEADS
@@ -54,7 +55,7 @@ def tiny_bert(seed: int = 0, kind: str = "bert") -> HFNet:
 
 def part(net: HFNet, layer: torch.nn.Module, name: str) -> torch.nn.Linear:
     """A layer's projection by its role (query, key, value, out, up, down) in the net's layout."""
-    return width._get(layer, getattr(width.layout_of(net), name))
+    return get_module(layer, getattr(width.layout_of(net), name))
 
 
 def batch(rows: int = 4, tokens: int = 12, seed: int = 1) -> dict:
@@ -102,7 +103,7 @@ def test_removal_keeps_shapes_consistent_and_outputs_of_the_kept_units(kind):
         assert part(net, layer, "down").weight.shape == (HIDDEN, 16)
     assert getattr(net.model.config, layout.ffn_field) == 16
     assert getattr(net.model.config, layout.heads_field) == HEADS  # the head size stays hidden / heads
-    projections = len(layout.head_rows(net.layer_list()[0]))  # query, key, value (and DeBERTa's positional ones)
+    projections = len(layout.query_rows(net.layer_list()[0])) + 2  # query, key, value (and DeBERTa's positional ones)
     assert projections == (5 if kind == "deberta-v2-separate-positions" else 3)
     per_head = projections * (HIDDEN * HEAD_SIZE + HEAD_SIZE) + HEAD_SIZE * HIDDEN
     per_neuron = HIDDEN + 1 + HIDDEN
@@ -246,7 +247,8 @@ def test_source_checks_name_the_field(text_job_stub):
     with pytest.raises(InputError, match=r"^student\.width\.heads: 0\.1 of 4 attention heads keeps none"):
         width.check_source_config(text_job_stub(heads=0.1), config, "teacher.uri")
     with pytest.raises(InputError, match=r"^student\.width: .*model_type in teacher\.uri's config\.json is not one "
-                       r"of: bert, roberta, xlm-roberta, electra, distilbert, deberta-v2$") as exc:
+                       r"of: bert, roberta, xlm-roberta, electra, distilbert, deberta-v2, llama, qwen2, qwen3, "
+                       r"mistral$") as exc:
         width.check_source_config(text_job_stub(ffn=0.5), {**config, "model_type": "gpt2-hunter2"}, "teacher.uri")
     assert "hunter2" not in str(exc.value)  # the owner's config values are not quoted
     # DistilBERT names its widths differently
@@ -273,10 +275,10 @@ def text_job_stub():
 
 
 @pytest.mark.parametrize(("student", "expected"), [
-    ({"width": {"heads": 0.5}}, "student.width: width pruning needs a Hugging Face BERT-family student; "
+    ({"width": {"heads": 0.5}}, "student.width: width pruning needs a Hugging Face transformer student; "
                                 "teacher.format is torch"),
     ({"width": {"ffn": 0.5}, "architecture": {"name": "mlp"}},
-     "student.width: width pruning needs a Hugging Face BERT-family student; student.architecture builds "
+     "student.width: width pruning needs a Hugging Face transformer student; student.architecture builds "
      "a built-in mlp"),
 ])  # fmt: skip
 def test_width_on_a_builtin_model_is_invalid_input(digits_job, student, expected, capsys):

@@ -1,4 +1,4 @@
-"""Width pruning of BERT-family, DistilBERT and DeBERTa-v2/v3 students: attention heads and FFN neurons.
+"""Width pruning of encoder and Llama-family decoder students: attention heads and FFN neurons.
 
 Minitron-style (Sreenivas, Muralidharan et al., 2024): after the layer cut and before healing,
 run the student on calibration batches from the train split and score
@@ -11,11 +11,15 @@ run the student on calibration batches from the train split and score
 
 Every layer keeps the same number of heads and of neurons (the best-scoring ones), so the
 student stays one configuration. FFN pruning is a standard config field (`intermediate_size`,
-DistilBERT's `hidden_dim`). Heads are removed from the model in memory and in the ONNX files;
-transformers 5 no longer has `prune_heads` / `config.pruned_heads`, and the attention width is
-tied to the hidden size in these configs, so the saved Hugging Face directory stores the removed
-heads as zeros (`standard_layout`): it loads with plain `from_pretrained` and gives the same
-outputs, and `compact` removes them again.
+DistilBERT's `hidden_dim`); a gated FFN (SwiGLU) loses the neuron's gate row with its up row.
+A decoder with grouped-query attention keeps heads by whole key/value group (scored by the sum of
+its query heads), and its config records the kept counts (`num_attention_heads`,
+`num_key_value_heads`, an explicit `head_dim`). Encoders' attention width is tied to the hidden
+size in their configs, and transformers 5 no longer has `prune_heads` / `config.pruned_heads`, so
+their heads are removed in memory and in the ONNX files while the saved Hugging Face directory
+stores them as zeros (`standard_layout`): it loads with plain `from_pretrained` and gives the same
+outputs, and `compact` removes them again. Where each architecture keeps these parts:
+width_layouts.py.
 """
 
 from __future__ import annotations
@@ -36,74 +40,20 @@ from distillery_trainer.errors import InputError
 from distillery_trainer.loading import Inputs, read_config
 from distillery_trainer.nets import HFNet, Net, masked_mean
 from distillery_trainer.student import calibration_batches
+from distillery_trainer.width_layouts import (
+    LAYOUTS,
+    SUPPORTED_MODEL_TYPES,
+    Layout,
+    get_module,
+    group_size,
+    head_count,
+    head_size,
+    layout_of,
+    set_module,
+)
 
-
-@dataclass(frozen=True)
-class Layout:
-    """Where one architecture keeps the parts width pruning edits: module paths inside a layer
-    (every one an nn.Linear but `attention`) and the config fields of the two widths."""
-
-    attention: str  # the module holding attention_head_size and the head count
-    heads_attribute: str  # that module's head-count attribute
-    query: str
-    key: str
-    value: str
-    out: str  # the output projection: its input is the heads' outputs side by side
-    up: str  # the FFN's first projection
-    down: str  # the FFN's second: its input is the activations, one column per neuron
-    heads_field: str  # config.json's head count
-    ffn_field: str  # config.json's FFN width
-    # Projections with one block of rows per head like query/key/value, present in some configs
-    # only (DeBERTa's relative-position keys and queries when not shared with key/query).
-    optional_head_rows: tuple[str, ...] = ()
-
-    def linears(self) -> tuple[str, ...]:
-        return (self.query, self.key, self.value, self.out, self.up, self.down)
-
-    def head_rows(self, layer: nn.Module) -> tuple[str, ...]:
-        """The paths of this layer's projections that have one block of rows per head."""
-        return (self.query, self.key, self.value,
-                *(path for path in self.optional_head_rows if isinstance(_get(layer, path), nn.Linear)))
-
-
-BERT_LAYOUT = Layout("attention.self", "num_attention_heads", "attention.self.query", "attention.self.key",
-                     "attention.self.value", "attention.output.dense", "intermediate.dense", "output.dense",
-                     "num_attention_heads", "intermediate_size")
-DISTILBERT_LAYOUT = Layout("attention", "n_heads", "attention.q_lin", "attention.k_lin", "attention.v_lin",
-                           "attention.out_lin", "ffn.lin1", "ffn.lin2", "n_heads", "hidden_dim")
-# DeBERTa-v2 and -v3 (model_type deberta-v2); DeBERTa v1 packs query, key and value in one in_proj.
-DEBERTA_V2_LAYOUT = Layout("attention.self", "num_attention_heads", "attention.self.query_proj",
-                           "attention.self.key_proj", "attention.self.value_proj", "attention.output.dense",
-                           "intermediate.dense", "output.dense", "num_attention_heads", "intermediate_size",
-                           ("attention.self.pos_key_proj", "attention.self.pos_query_proj"))
-# The architectures tested here, by config.json's model_type.
-LAYOUTS = {"bert": BERT_LAYOUT, "roberta": BERT_LAYOUT, "xlm-roberta": BERT_LAYOUT, "electra": BERT_LAYOUT,
-           "distilbert": DISTILBERT_LAYOUT, "deberta-v2": DEBERTA_V2_LAYOUT}
-SUPPORTED_MODEL_TYPES = tuple(LAYOUTS)
 # The saved config.json names the kept heads under this key, so `compact` can remove them again.
 KEPT_HEADS_KEY = "distillery_kept_heads"
-
-
-def _get(module: nn.Module, path: str) -> nn.Module | None:
-    for name in path.split("."):
-        module = getattr(module, name, None)
-        if module is None:
-            return None
-    return module
-
-
-def _set(module: nn.Module, path: str, value: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(_get(module, parent) if parent else module, name, value)
-
-
-def layout_of(net: Net) -> Layout:
-    """The layout of the student in memory, by its config's model_type."""
-    model_type = getattr(getattr(getattr(net, "model", None), "config", None), "model_type", None)
-    if not isinstance(net, HFNet) or model_type not in LAYOUTS:
-        raise InputError(f"student.width: width pruning supports {', '.join(SUPPORTED_MODEL_TYPES)}; the student "
-                         f"is {type(getattr(net, 'model', net)).__name__}")
-    return LAYOUTS[model_type]
 
 
 @dataclass(frozen=True)
@@ -130,15 +80,13 @@ def check_spec(job: DistillationJob) -> None:
     spec = job.spec
     if spec.student.width is None:
         return
-    if spec.teacher.task == Task.CAUSAL_LM:
-        raise InputError("student.width: width pruning is for encoder tasks (BERT-family), not causal-lm")
     if spec.student.architecture is not None:
-        raise InputError(f"student.width: width pruning needs a Hugging Face BERT-family student; "
+        raise InputError(f"student.width: width pruning needs a Hugging Face transformer student; "
                          f"student.architecture builds a built-in {spec.student.architecture.name}")
     source_format = spec.student.base.format if spec.student.base is not None else spec.teacher.format
     if source_format != TeacherFormat.HUGGINGFACE:
         field = "student.base.format" if spec.student.base is not None else "teacher.format"
-        raise InputError(f"student.width: width pruning needs a Hugging Face BERT-family student; "
+        raise InputError(f"student.width: width pruning needs a Hugging Face transformer student; "
                          f"{field} is {source_format.value}")
 
 
@@ -151,9 +99,14 @@ def check_source_config(job: DistillationJob, config: dict, field: str) -> None:
     layout = LAYOUTS.get(config.get("model_type"))
     if layout is None:
         # Not quoted: config values are the model owner's data.
-        raise InputError(f"student.width: width pruning supports BERT-family encoders, DistilBERT and DeBERTa-v2; the "
-                         f"model_type in {field}'s config.json is not one of: {', '.join(SUPPORTED_MODEL_TYPES)}")
-    for name, ratio, key, what in (("heads", width.heads, layout.heads_field, "attention heads"),
+        raise InputError(f"student.width: width pruning supports BERT-family encoders, DistilBERT, DeBERTa-v2 and "
+                         f"Llama-family decoders; the model_type in {field}'s config.json is not one of: "
+                         f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    # Grouped-query heads go by key/value group: the ratio applies to the groups.
+    grouped = layout.kv_heads_field is not None and isinstance(config.get(layout.kv_heads_field), int)
+    heads_key, heads_what = ((layout.kv_heads_field, "key/value head groups") if grouped
+                             else (layout.heads_field, "attention heads"))
+    for name, ratio, key, what in (("heads", width.heads, heads_key, heads_what),
                                    ("ffn", width.ffn, layout.ffn_field, "FFN neurons")):
         total = config.get(key)
         if ratio is None or not isinstance(total, int) or isinstance(total, bool) or total < 1:
@@ -178,7 +131,7 @@ def check_prunable(net: Net) -> Layout:
     """The student in memory has the layout the pruning code edits; returns it."""
     layout = layout_of(net)
     for layer in net.layer_list():
-        if not all(isinstance(_get(layer, path), nn.Linear) for path in layout.linears()):
+        if not all(isinstance(get_module(layer, path), nn.Linear) for path in layout.linears()):
             raise InputError(f"student.width: {type(net.model).__name__}'s layers do not have the layout of "
                              f"{net.model.config.model_type}")
     return layout
@@ -197,16 +150,15 @@ class Importance:
 
 
 @torch.no_grad()
-def measure_importance(net: HFNet, batches: list[dict]) -> Importance:
+def measure_importance(net: Net, batches: list[dict]) -> Importance:
     """Head and neuron importance of every layer of `net` over `batches` (masking padding).
     Both are read at the input of a projection: the output projection sees the heads' outputs
     side by side, the FFN's second projection the activations."""
     layout = layout_of(net)
     layers = list(net.layer_list())
-    head_sizes = [_get(layer, layout.attention).attention_head_size for layer in layers]
-    head_sums = [torch.zeros(getattr(_get(layer, layout.attention), layout.heads_attribute), dtype=torch.float64)
-                 for layer in layers]
-    neuron_sums = [torch.zeros(_get(layer, layout.up).out_features, dtype=torch.float64) for layer in layers]
+    head_sizes = [head_size(layout, layer) for layer in layers]
+    head_sums = [torch.zeros(head_count(net, layout, layer), dtype=torch.float64) for layer in layers]
+    neuron_sums = [torch.zeros(get_module(layer, layout.up).out_features, dtype=torch.float64) for layer in layers]
     mask: dict[str, torch.Tensor] = {}
 
     def on_heads(i: int):
@@ -224,8 +176,8 @@ def measure_importance(net: HFNet, batches: list[dict]) -> Importance:
 
     handles = []
     for i, layer in enumerate(layers):
-        handles.append(_get(layer, layout.out).register_forward_pre_hook(on_heads(i)))
-        handles.append(_get(layer, layout.down).register_forward_pre_hook(on_activations(i)))
+        handles.append(get_module(layer, layout.out).register_forward_pre_hook(on_heads(i)))
+        handles.append(get_module(layer, layout.down).register_forward_pre_hook(on_activations(i)))
     rows = 0
     net.eval()
     try:
@@ -246,60 +198,75 @@ def top_indices(scores: torch.Tensor, k: int) -> list[int]:
     return sorted(order[:k])
 
 
-def plan_for(importance: Importance, heads_kept: int | None, ffn_kept: int | None) -> WidthPlan:
-    """The kept heads and neurons of every layer: the same count everywhere, the best in each."""
-    heads = None if heads_kept is None else [top_indices(s, heads_kept) for s in importance.heads]
+def top_groups(scores: torch.Tensor, kept: int, group: int) -> list[int]:
+    """The heads of the kept//group best key/value groups (a group scores the sum of its heads)."""
+    if group == 1:
+        return top_indices(scores, kept)
+    return [g * group + j for g in top_indices(scores.view(-1, group).sum(1), kept // group) for j in range(group)]
+
+
+def plan_for(importance: Importance, heads_kept: int | None, ffn_kept: int | None, group: int = 1) -> WidthPlan:
+    """The kept heads and neurons of every layer: the same count everywhere, the best in each
+    (heads by whole groups of `group`, the query heads sharing one key/value head)."""
+    heads = None if heads_kept is None else [top_groups(s, heads_kept, group) for s in importance.heads]
     ffn = None if ffn_kept is None else [top_indices(s, ffn_kept) for s in importance.neurons]
     return WidthPlan(heads, ffn)
 
 
 @dataclass(frozen=True)
 class UnitSizes:
-    """What one head and one FFN neuron cost in parameters, in a student of `layers` layers."""
+    """What one head group and one FFN neuron cost in parameters, in a student of `layers` layers."""
 
     layers: int
-    heads: int
-    per_head: int  # its query, key and value rows (and biases) and its output-projection columns
+    heads: int  # query heads per layer
+    group: int  # query heads kept or removed together (sharing one key/value head; 1 without)
+    per_group: int  # their query (and key, value) rows and biases and their output-projection columns
     ffn: int
-    per_neuron: int  # its intermediate row (and bias) and its output column
+    per_neuron: int  # its up (and gate) row and bias and its down column
 
     def parameters(self, total: int, heads_kept: int, ffn_kept: int) -> int:
         """The student's parameter count once every layer keeps that many heads and neurons."""
-        removed = (self.heads - heads_kept) * self.per_head + (self.ffn - ffn_kept) * self.per_neuron
+        removed = (self.heads - heads_kept) // self.group * self.per_group + (self.ffn - ffn_kept) * self.per_neuron
         return total - self.layers * removed
 
 
-def unit_sizes(net: HFNet) -> UnitSizes:
+def _rows_cost(linear: nn.Linear, rows: int) -> int:
+    return rows * linear.in_features + (rows if linear.bias is not None else 0)
+
+
+def unit_sizes(net: Net) -> UnitSizes:
     layout, layer = layout_of(net), net.layer_list()[0]
-    attention = _get(layer, layout.attention)
-    size = attention.attention_head_size
-    per_head = sum(size * lin.in_features + (size if lin.bias is not None else 0)
-                   for lin in (_get(layer, path) for path in layout.head_rows(layer)))
-    per_head += size * _get(layer, layout.out).out_features
-    up, down = _get(layer, layout.up), _get(layer, layout.down)
-    per_neuron = up.in_features + (1 if up.bias is not None else 0) + down.out_features
-    return UnitSizes(net.num_layers(), getattr(attention, layout.heads_attribute), per_head, up.out_features,
-                     per_neuron)
+    size, group = head_size(layout, layer), group_size(net, layout)
+    per_group = sum(group * _rows_cost(get_module(layer, path), size) for path in layout.query_rows(layer))
+    per_group += sum(_rows_cost(get_module(layer, path), size) for path in (layout.key, layout.value))
+    per_group += group * size * get_module(layer, layout.out).out_features
+    down = get_module(layer, layout.down)
+    per_neuron = sum(_rows_cost(get_module(layer, path), 1) for path in layout.ffn_inputs()) + down.out_features
+    return UnitSizes(net.num_layers(), head_count(net, layout, layer), group, per_group, down.in_features, per_neuron)
 
 
 def counts_for_budget(total: int, sizes: UnitSizes, budget: int) -> tuple[int, int]:
     """(heads, neurons) kept per layer under a parameter budget: one share for both, the largest
-    (stepping by one neuron, heads rounded to that share) whose student fits."""
+    (stepping by one neuron, heads rounded to that share by whole groups) whose student fits."""
+    groups = sizes.heads // sizes.group
     for ffn_kept in range(sizes.ffn, 0, -1):
-        heads_kept = max(1, kept_count(ffn_kept / sizes.ffn, sizes.heads))
+        heads_kept = max(1, kept_count(ffn_kept / sizes.ffn, groups)) * sizes.group
         if sizes.parameters(total, heads_kept, ffn_kept) <= budget:
             return heads_kept, ffn_kept
-    smallest = sizes.parameters(total, 1, 1)
+    smallest = sizes.parameters(total, sizes.group, 1)
     raise InputError(f"student.width.maxParameters: {budget:,} is below the smallest width-pruned student, "
-                     f"{smallest:,} parameters (1 head and 1 FFN neuron in each of its {sizes.layers} layers)")
+                     f"{smallest:,} parameters ({sizes.group} head{'s' if sizes.group > 1 else ''} and 1 FFN neuron "
+                     f"in each of its {sizes.layers} layers)")
 
 
-def kept_counts(width, net: HFNet) -> tuple[int | None, int | None]:
-    """Heads and neurons each layer keeps, from student.width's ratios or its parameter budget."""
+def kept_counts(width, net: Net) -> tuple[int | None, int | None]:
+    """Heads and neurons each layer keeps, from student.width's ratios (the heads' applied to
+    whole groups) or its parameter budget."""
     sizes = unit_sizes(net)
     if width.max_parameters is not None:
         return counts_for_budget(net.parameter_count(), sizes, width.max_parameters)
-    heads = None if width.heads is None else max(1, kept_count(width.heads, sizes.heads))
+    groups = sizes.heads // sizes.group
+    heads = None if width.heads is None else max(1, kept_count(width.heads, groups)) * sizes.group
     ffn = None if width.ffn is None else max(1, kept_count(width.ffn, sizes.ffn))
     return heads, ffn
 
@@ -317,57 +284,80 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     return layer
 
 
-def _head_rows(keep: list[int], head_size: int) -> torch.Tensor:
-    return torch.cat([torch.arange(h * head_size, (h + 1) * head_size) for h in keep])
+def _head_rows(keep: list[int], size: int) -> torch.Tensor:
+    return torch.cat([torch.arange(h * size, (h + 1) * size) for h in keep])
 
 
 def _set_head_count(attention: nn.Module, layout: Layout, heads: int) -> None:
+    if layout.heads_attribute is None:  # the config holds it (apply_plan sets it)
+        return
     setattr(attention, layout.heads_attribute, heads)
     if hasattr(attention, "all_head_size"):  # BERT's attention keeps the width too
-        attention.all_head_size = heads * attention.attention_head_size
+        attention.all_head_size = heads * getattr(attention, layout.head_size_attribute)
+
+
+def _keep_rows(layer: nn.Module, path: str, rows: torch.Tensor) -> None:
+    old = get_module(layer, path)
+    set_module(layer, path, _linear(old.weight[rows], None if old.bias is None else old.bias[rows]))
 
 
 @torch.no_grad()
-def prune_layer_heads(layer: nn.Module, layout: Layout, keep: list[int]) -> None:
-    """Keep only the heads at `keep`: rows of query/key/value, columns of the output projection.
-    The attention infers the head count from the projection's width, so nothing else changes."""
-    attention = _get(layer, layout.attention)
-    rows = _head_rows(keep, attention.attention_head_size).to(_get(layer, layout.query).weight.device)
-    for path in layout.head_rows(layer):
-        old = _get(layer, path)
-        _set(layer, path, _linear(old.weight[rows], None if old.bias is None else old.bias[rows]))
-    out = _get(layer, layout.out)
-    _set(layer, layout.out, _linear(out.weight[:, rows], out.bias))
-    _set_head_count(attention, layout, len(keep))
+def prune_layer_heads(layer: nn.Module, layout: Layout, keep: list[int], group: int = 1) -> None:
+    """Keep only the query heads at `keep` (whole groups of `group`) and their key/value heads:
+    rows of the query/key/value projections, columns of the output projection. The attention
+    infers the head count from the projection's width, so nothing else in it changes."""
+    size = head_size(layout, layer)
+    device = get_module(layer, layout.query).weight.device
+    rows = _head_rows(keep, size).to(device)
+    kv_rows = _head_rows(sorted({h // group for h in keep}), size).to(device)
+    for path in layout.query_rows(layer):
+        _keep_rows(layer, path, rows)
+    for path in (layout.key, layout.value):
+        _keep_rows(layer, path, kv_rows)
+    out = get_module(layer, layout.out)
+    set_module(layer, layout.out, _linear(out.weight[:, rows], out.bias))
+    _set_head_count(get_module(layer, layout.attention), layout, len(keep))
 
 
 @torch.no_grad()
 def prune_layer_ffn(layer: nn.Module, layout: Layout, keep: list[int]) -> None:
-    """Keep only the FFN neurons at `keep`: rows of the first projection, columns of the second."""
-    up, down = _get(layer, layout.up), _get(layer, layout.down)
-    index = torch.tensor(keep, device=up.weight.device)
-    _set(layer, layout.up, _linear(up.weight[index], None if up.bias is None else up.bias[index]))
-    _set(layer, layout.down, _linear(down.weight[:, index], down.bias))
+    """Keep only the FFN neurons at `keep`: rows of the up (and gate) projection, columns of the down one."""
+    index = torch.tensor(keep, device=get_module(layer, layout.up).weight.device)
+    for path in layout.ffn_inputs():
+        _keep_rows(layer, path, index)
+    down = get_module(layer, layout.down)
+    set_module(layer, layout.down, _linear(down.weight[:, index], down.bias))
 
 
-def apply_plan(net: HFNet, plan: WidthPlan) -> None:
-    """Prune `net` in place to `plan`; the config records the FFN width (a standard field)."""
+def apply_plan(net: Net, plan: WidthPlan) -> None:
+    """Prune `net` in place to `plan`; the config records the FFN width (a standard field) and,
+    for grouped-query decoders, the head counts and head size."""
     layout = layout_of(net)
     layers = list(net.layer_list())
     for axis in (plan.heads, plan.ffn):
         if axis is not None and len(axis) != len(layers):
             raise ValueError(f"the plan has {len(axis)} layers, the student {len(layers)}")
     if plan.heads is not None:
+        group = group_size(net, layout)
         for layer, keep in zip(layers, plan.heads, strict=True):
-            _check_indices(keep, getattr(_get(layer, layout.attention), layout.heads_attribute), "head")
+            _check_indices(keep, head_count(net, layout, layer), "head")
+            whole = {g * group + j for g in {h // group for h in keep} for j in range(group)}
+            if set(keep) != whole:
+                raise ValueError(f"kept heads must be whole groups of {group} (query heads sharing a key/value head)")
         counts = {len(keep) for keep in plan.heads}
         if len(counts) != 1:
             raise ValueError("every layer must keep the same number of heads")
+        size = head_size(layout, layers[0])
         for layer, keep in zip(layers, plan.heads, strict=True):
-            prune_layer_heads(layer, layout, keep)
+            prune_layer_heads(layer, layout, keep, group)
+        if layout.config_holds_heads:
+            config, kept = net.model.config, counts.pop()
+            setattr(config, layout.head_dim_field, size)  # no longer hidden_size / heads
+            setattr(config, layout.heads_field, kept)
+            setattr(config, layout.kv_heads_field, kept // group)
     if plan.ffn is not None:
         for layer, keep in zip(layers, plan.ffn, strict=True):
-            _check_indices(keep, _get(layer, layout.up).out_features, "FFN neuron")
+            _check_indices(keep, get_module(layer, layout.up).out_features, "FFN neuron")
         counts = {len(keep) for keep in plan.ffn}
         if len(counts) != 1:
             raise ValueError("every layer must keep the same number of FFN neurons")
@@ -391,7 +381,7 @@ def standard_layout(net: Net) -> Iterator[None]:
     the directory is a standard config that `from_pretrained` loads; a zero head adds exactly
     nothing (zero query and key give uniform weights over zero values). config.json names the
     kept heads under KEPT_HEADS_KEY. Restored afterwards."""
-    if not isinstance(net, HFNet) or not _pruned_heads(net):
+    if not isinstance(net, HFNet) or not _pruned_heads(net):  # (a decoder's config holds its heads)
         yield
         return
     layout = layout_of(net)
@@ -400,25 +390,27 @@ def standard_layout(net: Net) -> Iterator[None]:
     saved, kept = [], []
     with torch.no_grad():
         for layer in net.layer_list():
-            attention = _get(layer, layout.attention)
+            attention = get_module(layer, layout.attention)
             keep = getattr(attention, "distillery_kept_heads", list(range(total)))
-            rows = _head_rows(keep, attention.attention_head_size).to(_get(layer, layout.query).weight.device)
-            full = total * attention.attention_head_size
-            saved.append(({path: _get(layer, path) for path in (*layout.head_rows(layer), layout.out)},
+            size = head_size(layout, layer)
+            rows = _head_rows(keep, size).to(get_module(layer, layout.query).weight.device)
+            full = total * size
+            paths = (*layout.query_rows(layer), layout.key, layout.value)
+            saved.append(({path: get_module(layer, path) for path in (*paths, layout.out)},
                           getattr(attention, layout.heads_attribute)))
-            for path in layout.head_rows(layer):
-                old = _get(layer, path)
+            for path in paths:
+                old = get_module(layer, path)
                 weight = old.weight.new_zeros(full, old.in_features)
                 weight[rows] = old.weight
                 bias = None
                 if old.bias is not None:
                     bias = old.bias.new_zeros(full)
                     bias[rows] = old.bias
-                _set(layer, path, _linear(weight, bias))
-            out = _get(layer, layout.out)
+                set_module(layer, path, _linear(weight, bias))
+            out = get_module(layer, layout.out)
             weight = out.weight.new_zeros(out.out_features, full)
             weight[:, rows] = out.weight
-            _set(layer, layout.out, _linear(weight, out.bias))
+            set_module(layer, layout.out, _linear(weight, out.bias))
             _set_head_count(attention, layout, total)
             kept.append(list(keep))
     setattr(config, KEPT_HEADS_KEY, kept)
@@ -427,15 +419,16 @@ def standard_layout(net: Net) -> Iterator[None]:
     finally:
         for layer, (modules, heads) in zip(net.layer_list(), saved, strict=True):
             for path, module in modules.items():
-                _set(layer, path, module)
-            _set_head_count(_get(layer, layout.attention), layout, heads)
+                set_module(layer, path, module)
+            _set_head_count(get_module(layer, layout.attention), layout, heads)
         if hasattr(config, KEPT_HEADS_KEY):
             delattr(config, KEPT_HEADS_KEY)
 
 
 def _pruned_heads(net: HFNet) -> bool:
-    attention = layout_of(net).attention
-    return any(hasattr(_get(layer, attention), "distillery_kept_heads") for layer in net.layer_list())
+    layout = layout_of(net)
+    return not layout.config_holds_heads and any(
+        hasattr(get_module(layer, layout.attention), "distillery_kept_heads") for layer in net.layer_list())
 
 
 def compact(model: nn.Module) -> nn.Module:
@@ -456,11 +449,13 @@ def compact(model: nn.Module) -> nn.Module:
 # ----------------------------------------------------------------------------- the run's step
 
 
-def _mark_kept_heads(net: HFNet, heads: list[list[int]] | None) -> None:
-    if heads is not None:
-        attention = layout_of(net).attention
+def _mark_kept_heads(net: Net, heads: list[list[int]] | None) -> None:
+    """Note the kept heads on an encoder's attention modules, for standard_layout (a decoder's
+    config holds its heads, and its directory is saved as it is)."""
+    layout = layout_of(net)
+    if heads is not None and not layout.config_holds_heads:
         for layer, keep in zip(net.layer_list(), heads, strict=True):
-            _get(layer, attention).distillery_kept_heads = list(keep)
+            get_module(layer, layout.attention).distillery_kept_heads = list(keep)
 
 
 def prune(student: Net, data: Encoded, job: DistillationJob, device: torch.device,
@@ -470,13 +465,13 @@ def prune(student: Net, data: Encoded, job: DistillationJob, device: torch.devic
     width = job.spec.student.width
     if width is None:
         return None
-    check_prunable(student)
+    layout = check_prunable(student)
     before = student.parameter_count()
     student.to(device)
     batches = calibration_batches(data, job, device, batches=width.calibration_batches)
     importance = measure_importance(student, batches)
     student.cpu()
-    plan = plan_for(importance, *kept_counts(width, student))
+    plan = plan_for(importance, *kept_counts(width, student), group_size(student, layout))
     apply_plan(student, plan)
     _mark_kept_heads(student, plan.heads)
     report = build_report(importance, plan, source_layers, before, student.parameter_count(), width.max_parameters)

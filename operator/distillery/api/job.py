@@ -235,7 +235,8 @@ class Vocabulary(ApiModel):
 
 class Width(ApiModel):
     """Width pruning after the layer cut: attention heads and FFN neurons kept per layer, chosen
-    by their activations on calibration batches (Minitron-style); BERT-family encoders and DistilBERT."""
+    by their activations on calibration batches (Minitron-style); BERT-family, DistilBERT and DeBERTa-v2/v3
+    encoders and Llama-family decoders."""
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": crd_extra(

@@ -193,7 +193,7 @@ def load_inputs(job: DistillationJob, work: Path) -> Inputs:
                        ds.max_train_rows, needs_labels(task), work / "arrays")
     evals = read_split(fetch(ds.eval_uri, "dataset.evalUri", work / "eval", job), ds, "eval",
                        ds.max_eval_rows, needs_labels(task), work / "arrays")
-    previous = read_previous(job, work)
+    previous = read_previous(job, work, needs_labels(task))
     # The old splits' classes count too: a class only the old data has is still the teacher's.
     previous_labels = [] if previous is None else previous[0].raw_labels + previous[1].raw_labels
 
@@ -239,8 +239,9 @@ def load_inputs(job: DistillationJob, work: Path) -> Inputs:
                   replayed_rows=replayed)
 
 
-def read_previous(job: DistillationJob, work: Path) -> tuple[Split, Split] | None:
-    """incremental's old train and eval splits, read like the new ones (labels required)."""
+def read_previous(job: DistillationJob, work: Path, labelled: bool = True) -> tuple[Split, Split] | None:
+    """incremental's old train and eval splits, read like the new ones (labels required unless
+    the task has none: a causal LM's old data is text)."""
     inc, ds = job.spec.incremental, job.spec.dataset
     if inc is None:
         return None
@@ -250,8 +251,8 @@ def read_previous(job: DistillationJob, work: Path) -> tuple[Split, Split] | Non
         path = fetch(uri, field_name, work / name, job)
         if not path.is_file():
             raise InputError(f"{field_name}: file not found: {path}")
-        splits.append(read_jsonl(path, ds, name, None, True) if ds.format == DatasetFormat.JSONL
-                      else read_npz(path, ds, name, None, True, work / "arrays"))
+        splits.append(read_jsonl(path, ds, name, None, labelled) if ds.format == DatasetFormat.JSONL
+                      else read_npz(path, ds, name, None, labelled, work / "arrays"))
     return splits[0], splits[1]
 
 
@@ -260,8 +261,9 @@ def with_replay(train: Split, old: Split, share: float, seed: int) -> tuple[Spli
     (seeded; all of them when the share asks for more than there are)."""
     count = min(len(old), round(share * len(train)))
     pick = sorted(np.random.default_rng(seed).choice(len(old), size=count, replace=False).tolist())
-    joined = Split(name=train.name, labels=np.concatenate([train.labels, old.labels[pick]]),
-                   raw_labels=train.raw_labels + [old.raw_labels[i] for i in pick])
+    labelled = train.labels is not None and old.labels is not None  # a causal LM's text has none
+    joined = Split(name=train.name, labels=np.concatenate([train.labels, old.labels[pick]]) if labelled else None,
+                   raw_labels=train.raw_labels + [old.raw_labels[i] for i in pick] if labelled else None)
     if train.is_text:
         old_texts = old.all_texts()
         joined.texts = train.all_texts() + [old_texts[i] for i in pick]

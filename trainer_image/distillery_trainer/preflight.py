@@ -73,9 +73,9 @@ def check_spec(job: DistillationJob) -> None:
             raise InputError(f"student.architecture.hiddenSize: at most {MAX_ARCH_HIDDEN}")
         if arch.num_blocks > MAX_ARCH_BLOCKS:
             raise InputError(f"student.architecture.numBlocks: at most {MAX_ARCH_BLOCKS}")
-    if spec.incremental is not None and spec.teacher.task in (Task.CAUSAL_LM, Task.SENTENCE_EMBEDDING):
-        raise InputError(f"incremental: for classification tasks only, not {spec.teacher.task.value} "
-                         "(forgetting is measured, and the EWC Fisher estimated, on labelled old rows)")
+    if spec.incremental is not None and spec.teacher.task == Task.SENTENCE_EMBEDDING:
+        raise InputError("incremental: for classification and causal-lm, not sentence-embedding (forgetting is "
+                         "measured, and the EWC Fisher estimated, on the old rows' labels or text)")
     if spec.teacher.task == Task.CAUSAL_LM:
         check_causal_lm_spec(job)
     if spec.teacher.format == TeacherFormat.ONNX and spec.student.base is None and arch is None:
@@ -88,9 +88,11 @@ def check_spec(job: DistillationJob) -> None:
 def check_causal_lm_spec(job: DistillationJob) -> None:
     """What a causal-LM run does not do (yet), said before anything is downloaded."""
     spec = job.spec
-    if spec.student.base is not None or spec.student.architecture is not None:
-        raise InputError("student.base / student.architecture: a causal-lm student is cut from the teacher's "
-                         "own layers; other students are not supported for causal-lm")
+    if spec.student.architecture is not None:
+        raise InputError("student.architecture: a causal-lm student is cut from a decoder (the teacher, or "
+                         "student.base); built-in architectures are not language models")
+    if spec.student.base is not None and spec.student.base.format != TeacherFormat.HUGGINGFACE:
+        raise InputError("student.base.format: a causal-lm student.base is a Hugging Face decoder directory")
     if spec.distillation.hidden_loss.type != HiddenLossType.NONE:
         raise InputError("distillation.hiddenLoss: not used for causal-lm (the student learns the teacher's "
                          "next-token distributions)")

@@ -68,6 +68,9 @@ def table(result: TrainerResult) -> str:
         lines.append(f"continued from     {inc.parent}" + (f" ({', '.join(remedies)})" if remedies else ""))
         lines.append(f"old eval accuracy  {inc.previous_accuracy_before:.4f} before, {inc.previous_accuracy_after:.4f} "
                      f"after (forgetting {inc.forgetting:+.4f})")
+        if inc.previous_perplexity_after is not None:
+            lines.append(f"old eval perplexity {inc.previous_perplexity_before:.2f} before, "
+                         f"{inc.previous_perplexity_after:.2f} after")
         lines.append("")
     if result.ensemble is not None:
         lines.append(f"ensemble ({result.ensemble.metric_name or 'accuracy'} on eval; the student learned from "

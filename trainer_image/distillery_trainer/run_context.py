@@ -16,7 +16,7 @@ from distillery_trainer.distributed import SINGLE, RankSignal, World
 from distillery_trainer.encode import Encoded
 from distillery_trainer.ensemble import EnsembleRun
 from distillery_trainer.evaluation import Quality
-from distillery_trainer.incremental import EwcPenalty
+from distillery_trainer.incremental import EwcPenalty, OldScore
 from distillery_trainer.loading import Inputs
 from distillery_trainer.nets import Net
 from distillery_trainer.onnx_tools import Latency
@@ -81,7 +81,7 @@ class RunContext:
     ensemble_report: EnsembleReport | None = None  # each teacher's and the mixture's accuracy
     previous_train: Encoded | None = None  # incremental: the old splits, encoded like the new ones
     previous_eval: Encoded | None = None
-    previous_before: float | None = None  # student.base's accuracy on the old eval split
+    previous_before: OldScore | None = None  # student.base on the old eval split
     ewc: EwcPenalty | None = None
     incremental_report: IncrementalReport | None = None
     zero_shot: object | None = None  # causal-lm: the labelled eval rows as prompts (lm.text_blocks.ZeroShotSet)

@@ -369,13 +369,38 @@ def select_layers(ctx: RunContext) -> None:
     vocabulary_pruning.student_view(ctx, source)  # from here on both splits carry the student's token ids
 
 
+def old_eval_score(ctx: RunContext, net: Net) -> incremental.OldScore:
+    """`net` on the old eval split: accuracy by the task's metric; a causal LM's next-token
+    accuracy and perplexity, streamed like its other metrics."""
+    net.to(ctx.device).eval()
+    if ctx.task.causal:
+        from distillery_trainer.lm.quality import lm_quality
+        from distillery_trainer.lm.stages import torch_logits
+
+        q = lm_quality(torch_logits(net, ctx.device), ctx.previous_eval, ctx.task.eval_batch, ctx.device)
+        return incremental.OldScore(q.next_token_accuracy, q.perplexity)
+    outputs = torch_outputs(net, ctx.previous_eval, EVAL_BATCH, ctx.device)
+    return incremental.OldScore(ctx.task.quality(outputs, None, ctx.previous_eval.labels, None, None).accuracy)
+
+
+def finish_incremental(ctx: RunContext, student: Net) -> None:
+    """The incremental report: the old eval split before (student.base) and after (the student)."""
+    after = old_eval_score(ctx, student)
+    ewc = ctx.spec.distillation.ewc
+    ctx.incremental_report = incremental.report(student_base_uri(ctx.spec.student.base), ctx.previous_before, after,
+                                                ctx.inputs.replayed_rows, ctx.ewc, None if ewc is None else ewc.lambda_)
+    before, r = ctx.previous_before, ctx.incremental_report
+    perplexity = "" if after.perplexity is None else (f"; perplexity {before.perplexity:.2f} before, "
+                                                      f"{after.perplexity:.2f} after")
+    ctx.progress.log(f"old eval: {before.accuracy:.4f} before, {after.accuracy:.4f} after "
+                     f"(forgetting {r.forgetting:+.4f}){perplexity}")
+
+
 def start_incremental(ctx: RunContext, base: Net) -> None:
-    """student.base's accuracy on the old eval split, and the EWC penalty around its weights
+    """student.base's score on the old eval split, and the EWC penalty around its weights
     (measured on student.base itself, also when the run resumes)."""
     incremental.check_same_parameters(base, ctx.student)
-    base.to(ctx.device).eval()
-    outputs = torch_outputs(base, ctx.previous_eval, EVAL_BATCH, ctx.device)
-    ctx.previous_before = ctx.task.quality(outputs, None, ctx.previous_eval.labels, None, None).accuracy
+    ctx.previous_before = old_eval_score(ctx, base)
     if ctx.spec.distillation.ewc is not None:
         ctx.ewc = incremental.ewc_penalty(base, ctx.previous_train, ctx.job, ctx.device)
         ctx.progress.log(f"EWC: Fisher of student.base on {ctx.ewc.rows} old train rows, "
@@ -458,13 +483,7 @@ def evaluate(ctx: RunContext) -> None:
     ctx.quality["student"] = task.quality(student_eval, ctx.teacher.eval, eval_labels, student_train, train_labels)
     ctx.quality["teacher"] = task.quality(ctx.teacher.eval, None, eval_labels, ctx.teacher.train, train_labels)
     if ctx.previous_eval is not None:
-        after = task.quality(torch_outputs(student, ctx.previous_eval, EVAL_BATCH, ctx.device), None,
-                             ctx.previous_eval.labels, None, None).accuracy
-        ewc = ctx.spec.distillation.ewc
-        ctx.incremental_report = incremental.report(student_base_uri(ctx.spec.student.base), ctx.previous_before, after,
-                                                    ctx.inputs.replayed_rows, ctx.ewc, None if ewc is None else ewc.lambda_)
-        ctx.progress.log(f"old eval: {ctx.previous_before:.4f} before, {after:.4f} after "
-                         f"(forgetting {ctx.incremental_report.forgetting:+.4f})")
+        finish_incremental(ctx, student)
     if ctx.ensemble is not None:
         ctx.ensemble_report = ensemble.report(ctx.ensemble, task, eval_labels, train_labels)
         ctx.progress.log("ensemble: " + ", ".join(f"{m.uri} {m.accuracy:.4f}" for m in ctx.ensemble_report.members)

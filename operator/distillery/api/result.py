@@ -55,6 +55,10 @@ class IncrementalReport(ApiModel):
     previous_accuracy_before: float = Field(description="student.base on incremental.previousEvalUri")
     previous_accuracy_after: float = Field(description="the new student on incremental.previousEvalUri")
     forgetting: float = Field(description="before - after (negative: it improved on the old data)")
+    previous_perplexity_before: float | None = Field(
+        default=None, description="causal-lm: student.base's perplexity on incremental.previousEvalUri")
+    previous_perplexity_after: float | None = Field(
+        default=None, description="causal-lm: the new student's perplexity there")
     replayed_rows: int = Field(ge=0, description="old train rows added to the new train split")
     ewc_lambda: float | None = None
     fisher_rows: int | None = Field(default=None, description="old rows the EWC Fisher was estimated on")

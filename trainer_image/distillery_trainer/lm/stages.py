@@ -28,7 +28,7 @@ from distillery_trainer.lm.speed import DecodeSpeed
 from distillery_trainer.lm.text_blocks import zero_shot_set
 from distillery_trainer.onnx_tools import quantize_int8
 from distillery_trainer.run_context import Exported, Measurements, RunContext
-from distillery_trainer.stages import memory_uses
+from distillery_trainer.stages import finish_incremental, memory_uses
 from distillery_trainer.teacher import autocast, load_torch_model
 
 LATENCY_NAME = "decode-ms-per-token"
@@ -88,6 +88,8 @@ def evaluate(ctx: RunContext) -> None:
     ctx.teacher.net.cpu()
     ctx.progress.fraction(0.5)
     ctx.quality["student"] = score(ctx, torch_logits(ctx.student, ctx.device), teacher_top1, examples)
+    if ctx.previous_eval is not None:
+        finish_incremental(ctx, ctx.student)
     ctx.student.cpu()
     if ctx.ensemble is not None:
         ctx.ensemble_report = ensemble_report(ctx, examples)

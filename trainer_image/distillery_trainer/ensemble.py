@@ -65,8 +65,28 @@ def mix_pooled(pooled: list[torch.Tensor], weights: list[float]) -> torch.Tensor
     return torch.stack(units).sum(dim=0).to(pooled[0].dtype)
 
 
-# Rows (token blocks) mixed at a time: the dense (rows, L, vocabulary) sum stays tens of MB.
-TOP_K_MIX_ROWS = 4
+# Rows (token blocks) mixed at a time: bounded memory on a large split.
+TOP_K_MIX_ROWS = 64
+
+
+def _mix_rows(logprobs: list[torch.Tensor], ids: list[torch.Tensor], shares: list[float],
+              k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """mix_top_k on a few rows, without a vocabulary-wide tensor: the listed (id, w_i p_i) pairs
+    sorted by id, each run of one id summed (cumulative sum at its end minus that before its start)."""
+    all_ids = torch.cat([i.long() for i in ids], dim=-1)
+    mass = torch.cat([lp.double().exp() * w for lp, w in zip(logprobs, shares, strict=True)], dim=-1)
+    sorted_ids, order = all_ids.sort(dim=-1, stable=True)
+    sorted_mass = mass.gather(-1, order)
+    total = sorted_mass.cumsum(-1)
+    starts = torch.ones_like(sorted_ids, dtype=torch.bool)
+    starts[..., 1:] = sorted_ids[..., 1:] != sorted_ids[..., :-1]
+    ends = torch.ones_like(starts)
+    ends[..., :-1] = starts[..., 1:]
+    # The running total before each run's first entry, carried along the run (it never decreases).
+    before = torch.where(starts, total - sorted_mass, torch.full_like(total, -1.0)).cummax(-1).values
+    summed = torch.where(ends, total - before, torch.full_like(total, -1.0))  # one entry per id
+    mixed, where = summed.topk(k, dim=-1, sorted=True)
+    return mixed.log().float(), sorted_ids.gather(-1, where).to(torch.int32)
 
 
 def mix_top_k(logprobs: list[torch.Tensor], ids: list[torch.Tensor], weights: list[float]) -> tuple[torch.Tensor,
@@ -76,17 +96,10 @@ def mix_top_k(logprobs: list[torch.Tensor], ids: list[torch.Tensor], weights: li
     and int32 ids, as a single teacher's cache."""
     shares = normalized(weights)
     k = ids[0].shape[-1]
-    out_logprobs, out_ids = [], []
-    for start in range(0, len(ids[0]), TOP_K_MIX_ROWS):
-        part_ids = [i[start:start + TOP_K_MIX_ROWS].long() for i in ids]
-        vocab = 1 + max(int(i.max()) for i in part_ids)
-        dense = torch.zeros(*part_ids[0].shape[:-1], vocab, dtype=torch.float64)
-        for lp, i, w in zip(logprobs, part_ids, shares, strict=True):
-            dense.scatter_add_(-1, i, lp[start:start + TOP_K_MIX_ROWS].double().exp() * w)
-        mass, top = dense.topk(min(k, vocab), dim=-1, sorted=True)
-        out_logprobs.append(mass.log().float())
-        out_ids.append(top.to(torch.int32))
-    return torch.cat(out_logprobs), torch.cat(out_ids)
+    parts = [_mix_rows([lp[start:start + TOP_K_MIX_ROWS] for lp in logprobs],
+                       [i[start:start + TOP_K_MIX_ROWS] for i in ids], shares, k)
+             for start in range(0, len(ids[0]), TOP_K_MIX_ROWS)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def mix(outputs: list[TeacherOutputs], weights: list[float], temperature: float) -> TeacherOutputs:

@@ -46,6 +46,19 @@ def test_the_mixture_of_top_k_lists_by_hand():
     assert torch.allclose(mixed.exp(), torch.tensor([[[0.45, 0.30]]]), atol=1e-6)
 
 
+def test_overlapping_lists_mix_like_a_dense_sum_over_the_vocabulary():
+    generator = torch.Generator().manual_seed(2)
+    outputs = [lists(torch.randn(5, 7, 20, generator=generator) * s, 8) for s in (1.0, 2.0, 0.5)]
+    weights = [0.5, 0.3, 0.2]
+    mixed = mix(outputs, weights, 1.0)
+    dense = torch.zeros(5, 7, 20, dtype=torch.float64)
+    for o, w in zip(outputs, weights, strict=True):
+        dense.scatter_add_(-1, o.topk_ids.long(), o.topk_logprobs.double().exp() * w)
+    expected, expected_ids = dense.topk(8, dim=-1)
+    assert torch.equal(mixed.topk_ids.long(), expected_ids)
+    assert torch.allclose(mixed.topk_logprobs.double().exp(), expected, atol=1e-6)
+
+
 def test_with_whole_vocabulary_lists_the_mixture_is_exact():
     generator = torch.Generator().manual_seed(1)
     a, b = torch.randn(2, 4, 30, generator=generator), torch.randn(2, 4, 30, generator=generator) * 3

@@ -199,3 +199,27 @@ def test_knn_over_an_index_read_in_chunks_is_the_whole_index_knn():
                @ torch.nn.functional.normalize(index, dim=-1).T).argmax(dim=1)
     whole = int((labels[nearest] == query_labels).sum()) / 300
     assert knn_accuracy(index, labels, queries, query_labels, chunk=64, index_chunk=97) == whole
+
+
+def test_an_exported_models_outputs_on_a_split_are_written_to_disk(tmp_path):
+    """The int8 variant is scored from its ONNX file's outputs on whole splits: written batch by
+    batch as memory-mapped files (the same numbers as gathering them in memory)."""
+    from distillery.api.job import Hardware, Task
+    from distillery_trainer.builtin import BuiltinConfig, BuiltinNet
+    from distillery_trainer.encode import Encoded
+    from distillery_trainer.nets import BuiltinWrapper
+    from distillery_trainer.onnx_tools import export_onnx, onnx_outputs
+    from distillery_trainer.stages import EVAL_BATCH, onnx_split_outputs
+    from distillery_trainer.tasks import for_task
+
+    torch.manual_seed(0)
+    net = BuiltinWrapper(BuiltinNet(BuiltinConfig(architecture="mlp", num_classes=3, hidden_size=8, num_blocks=2,
+                                                  input_dim=5)), Task.TABULAR_CLASSIFICATION)
+    path = export_onnx(net, tmp_path / "model.onnx", (torch.randn(2, 5),), 17)
+    rows = EVAL_BATCH * 2 + 7  # three batches, the last one short
+    split = Encoded({"features": torch.randn(rows, 5)}, None)
+    written = onnx_split_outputs(path, split, for_task(Task.TABULAR_CLASSIFICATION), Hardware.CPU, tmp_path / "out")
+    on_disk = np.load(tmp_path / "out" / "logits.npy", mmap_mode="r")
+    assert on_disk.shape == (rows, 3) and written.logits.shape == (rows, 3)
+    gathered = onnx_outputs(path, split.batches(EVAL_BATCH), Hardware.CPU)
+    assert torch.equal(written.logits, gathered) and np.array_equal(on_disk, gathered.numpy())

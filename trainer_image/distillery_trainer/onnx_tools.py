@@ -7,6 +7,7 @@ import math
 import statistics
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,12 +177,15 @@ def _latency(times: list[float]) -> Latency:
     return Latency(statistics.median(times), p95, statistics.fmean(times), len(times))
 
 
-def onnx_outputs(path: Path, batches, hardware: Hardware) -> torch.Tensor:
-    """Run an exported model over batches (to check the round trip and score int8 models)."""
+def onnx_batch_outputs(path: Path, batches, hardware: Hardware) -> Iterator[torch.Tensor]:
+    """An exported model's first output on each batch, one session for all of them."""
     sess = session(path, hardware, None)
-    outs = []
     for batch in batches:
         example = tuple(batch[n] for n in ("input_ids", "attention_mask") if n in batch) or (batch["features"],)
-        outs.append(torch.from_numpy(sess.run(None, feed_for(sess, tuple(t.cpu() for t in example)))[0]))
-    return torch.cat(outs).float()
+        yield torch.from_numpy(sess.run(None, feed_for(sess, tuple(t.cpu() for t in example)))[0]).float()
+
+
+def onnx_outputs(path: Path, batches, hardware: Hardware) -> torch.Tensor:
+    """Run an exported model over a few batches, gathered in memory (the round-trip check)."""
+    return torch.cat(list(onnx_batch_outputs(path, batches, hardware)))
 

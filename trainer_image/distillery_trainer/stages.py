@@ -53,11 +53,12 @@ from distillery_trainer.onnx_tools import (
     export_onnx,
     feed_for_file,
     measure_latencies,
+    onnx_batch_outputs,
     onnx_outputs,
     providers_for,
     quantize_int8,
 )
-from distillery_trainer.outputs import TeacherOutputs
+from distillery_trainer.outputs import OutputWriter, TeacherOutputs
 from distillery_trainer.ranking_cache import NO_MEMO, RankingMemo, ranking_key
 from distillery_trainer.run_context import Exported, Measurements, RunContext
 from distillery_trainer.student import select_layers as choose_layers
@@ -601,13 +602,22 @@ def benchmark(ctx: RunContext) -> None:
     ctx.measured = Measurements(teacher_m, student_m, int8_m)
 
 
+def onnx_split_outputs(path: Path, data: Encoded, task, hardware, into: Path) -> TeacherOutputs:
+    """An exported model's outputs on a whole split, written batch by batch as memory-mapped
+    files under `into` (a kNN metric's train embeddings never sit in memory at once)."""
+    writer = OutputWriter(into, len(data))
+    for answer in onnx_batch_outputs(path, data.batches(EVAL_BATCH), hardware):
+        writer.add(task.from_answer(answer))
+    return writer.finish()
+
+
 def int8_quality(ctx: RunContext, path) -> Quality:
     """The int8 model scored like the student, from what its ONNX file returns."""
-    task, hardware = ctx.task, ctx.spec.targets.hardware
-    int8_eval = task.from_answer(onnx_outputs(path, ctx.eval_data.batches(EVAL_BATCH), hardware))
+    task, hardware, folder = ctx.task, ctx.spec.targets.hardware, ctx.work / "outputs" / "int8"
+    int8_eval = onnx_split_outputs(path, ctx.eval_data, task, hardware, folder / "eval")
     int8_train = None
     if task.quality_needs_train_outputs:
-        int8_train = task.from_answer(onnx_outputs(path, ctx.train_data.batches(EVAL_BATCH), hardware))
+        int8_train = onnx_split_outputs(path, ctx.train_data, task, hardware, folder / "train")
     return task.quality(int8_eval, ctx.teacher.eval, ctx.eval_data.labels, int8_train, ctx.train_data.labels)
 
 

@@ -261,3 +261,37 @@ def text_job(tiny_teacher: TinyTeacher, bbc_data: TextData) -> Callable[..., dic
         return doc
 
     return build
+
+
+# ----------------------------------------------------------------------------- every cut at once
+
+
+def run_all_cuts(text_job: Callable[..., dict], teacher: Path, out: Path, name: str):
+    """A run on `teacher` that composes every cut: 2 layers by importance, half the heads and FFN
+    neurons, the train split's vocabulary, and an int8 export. Returns its TrainerResult."""
+    from distillery.api import load_job
+    from distillery_trainer.pipeline import run
+    from distillery_trainer.progress import Progress
+
+    doc = text_job(out.as_uri(), name=name, teacher={"uri": teacher.as_uri()},
+                   student={"method": "importance", "keepLayers": 2, "width": {"heads": 0.5, "ffn": 0.5},
+                            "vocabulary": {"prune": True}},
+                   export={"formats": ["onnx", "safetensors"], "int8": True})
+    return run(load_job(doc), progress=Progress(show_bar=False))
+
+
+def saved_student_logits(out: Path, texts: list[str]):
+    """Raw text through the run's saved tokenizer, then through its saved Hugging Face directory
+    and its model.onnx: (the encoding, the directory's logits, the ONNX file's logits, the model)."""
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(out / "model")).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(out / "model"))
+    enc = tokenizer(texts, truncation=True, max_length=MAX_LENGTH, padding="max_length", return_tensors="pt")
+    with torch.no_grad():
+        from_hf = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    from_onnx = session.run(None, {i.name: enc[i.name].numpy() for i in session.get_inputs()})[0]
+    return enc, from_hf, torch.from_numpy(from_onnx), model

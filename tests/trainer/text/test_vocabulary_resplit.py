@@ -19,11 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from distillery.api import load_job
 from distillery.api.result import TrainerResult
 from distillery_trainer import vocabulary
-from distillery_trainer.pipeline import run
-from distillery_trainer.progress import Progress
 
 from .conftest import (
     MAX_LENGTH,
@@ -32,6 +29,8 @@ from .conftest import (
     fine_tune_teacher,
     label_config,
     read_jsonl,
+    run_all_cuts,
+    saved_student_logits,
 )
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
@@ -189,11 +188,7 @@ def resplit_teacher(request, bbc_data, tmp_path_factory) -> TinyTeacher:
 @pytest.fixture(scope="module")
 def resplit_run(resplit_teacher, text_job, tmp_path_factory) -> tuple[Path, TrainerResult]:
     out = tmp_path_factory.mktemp("resplit-run")
-    doc = text_job(out.as_uri(), name="tiny-resplit-bbc", teacher={"uri": resplit_teacher.path.as_uri()},
-                   student={"method": "importance", "keepLayers": 2, "width": {"heads": 0.5, "ffn": 0.5},
-                            "vocabulary": {"prune": True}},
-                   export={"formats": ["onnx", "safetensors"], "int8": True})
-    return out, run(load_job(doc), progress=Progress(show_bar=False))
+    return out, run_all_cuts(text_job, resplit_teacher.path, out, "tiny-resplit-bbc")
 
 
 def test_a_pruned_vocabulary_distils_end_to_end(resplit_run, resplit_teacher):
@@ -216,24 +211,16 @@ def test_a_pruned_vocabulary_distils_end_to_end(resplit_run, resplit_teacher):
 def test_the_saved_student_from_raw_text_gives_the_measured_accuracy(resplit_run, bbc_data):
     """The run measured the student on the eval split encoded by the pruned tokenizer: the saved
     directory and the ONNX file, fed by the saved tokenizer from raw text, make the same predictions."""
-    import onnxruntime as ort
     import torch
-    from transformers import AutoModelForSequenceClassification
 
     out, result = resplit_run
-    model = AutoModelForSequenceClassification.from_pretrained(str(out / "model")).eval()
+    rows = read_jsonl(bbc_data.eval)
+    enc, from_hf, from_onnx, model = saved_student_logits(out, [r["text"] for r in rows])
     tokenizer = load(out / "model")
     assert model.config.vocab_size == result.vocabulary.kept_tokens == len(tokenizer)
-    rows = read_jsonl(bbc_data.eval)
-    enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=MAX_LENGTH, padding="max_length",
-                    return_tensors="pt")
     labels = torch.tensor([model.config.label2id[r["label"]] for r in rows])
     assert int(enc["input_ids"].max()) < result.vocabulary.kept_tokens
-    with torch.no_grad():
-        from_hf = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    from_onnx = session.run(None, {i.name: enc[i.name].numpy() for i in session.get_inputs()})[0]
-    assert abs(from_hf.numpy() - from_onnx).max() < 1e-3
+    assert float((from_hf - from_onnx).abs().max()) < 1e-3
     measured = result.metrics_of("fp32").accuracy
     assert int((from_hf.argmax(1) == labels).sum()) == round(measured * len(rows))
     # and the rare texts, with pieces no train row used, still tokenize into ids the student has

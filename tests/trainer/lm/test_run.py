@@ -140,4 +140,7 @@ def test_a_rerun_resumes_the_tied_student_from_its_checkpoint(healed, trained_de
     (copy / "result.json").unlink()
     again = run(load_job(decoder_job(trained_decoder, bbc_data, copy)))
     assert again.training.resumed_from_step == result.training.steps
-    assert again.student.perplexity == pytest.approx(result.student.perplexity, rel=1e-6)
+    # The fp32 variant is compared: which variant is chosen depends on measured latency (int8 is
+    # kept only where it decodes faster), which a loaded machine may decide either way.
+    before, after = ({v.name: v.metrics for v in r.variants}["fp32"] for r in (result, again))
+    assert after.perplexity == pytest.approx(before.perplexity, rel=1e-6)

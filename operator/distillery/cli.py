@@ -20,6 +20,8 @@ def cmd_run(args) -> int:
     from distillery.local_paths import resolve_local_uris
 
     job = resolve_local_uris(job, Path(args.job).resolve().parent)
+    if args.dry_run:
+        job.spec.dry_run = True
     try:
         from distillery_trainer.entrypoint import run_job
         from distillery_trainer.report import table
@@ -225,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-nonempty-output", action="store_true",
                      help="write into an output folder that already holds files Distillery did not write "
                           "(they are left alone; a file at a name Distillery writes is still refused)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check the spec against the teacher and the data (as spec.dryRun: true), train "
+                          "nothing, write nothing; exit 0 when it would start, 2 when it would be refused")
     run.add_argument("--json", action="store_true", help="print result.json instead of the table")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)

@@ -169,9 +169,10 @@ def test_search_runs_its_trials_through_a_restart_and_picks_the_best(
     assert get(control_plane, namespace, "studentmodel", status["studentModel"])
 
 
-def test_a_space_deeper_than_the_teacher_fails_the_search_with_the_trainers_message(
+def test_a_space_deeper_than_the_teacher_fails_the_search_before_any_trial(
         control_plane, namespace, operator, digits_workspace, tmp_path):
-    # The digits teacher has 6 blocks; the operator cannot know it, the first trial's trainer does.
+    # The digits teacher has 6 blocks; the operator cannot read it, so a dry run of the space's
+    # deepest student (a real trainer pod that reads the teacher and trains nothing) finds out.
     doc = search_document(digits_workspace, tmp_path / "out", name="too-deep",
                           space={"keepLayers": {"min": 7, "max": 9}}, algorithm="grid",
                           budget={"maxTrials": 3, "parallelTrials": 1})
@@ -180,20 +181,27 @@ def test_a_space_deeper_than_the_teacher_fails_the_search_with_the_trainers_mess
     def failed():
         obj = get(control_plane, namespace, "distillationsearch", "too-deep")
         status = obj.get("status") or {}
-        return obj if status.get("phase") == "Failed" and not status.get("trialsRunning") else None
+        return obj if status.get("phase") == "Failed" else None
 
     final = wait_for(failed, 300, "the search to fail", on_timeout=operator.logs)
     c = condition(final, "Succeeded")
-    assert c["status"] == "False" and c["reason"] == "TrialInvalid", c
-    assert "too-deep-t000" in c["message"] and "keepLayers" in c["message"], c
+    assert c["status"] == "False" and c["reason"] == "InvalidSpace", c
+    assert c["message"].startswith("space.keepLayers.max 9: "), c
+    assert "student.keepLayers: 9 is larger than the teacher's 6 layers" in c["message"], c
     assert condition(final, "Stalled")["status"] == "True"
-    # Nothing more started: one trial, refused at once.
-    names = [i["metadata"]["name"] for i in get(control_plane, namespace, "distillationjobs",
-                                                selector="distillery.io/search=too-deep")["items"]]
-    assert names == ["too-deep-t000"] and final["status"]["trialsStarted"] == 1
+    check = final["status"]["spaceCheck"]
+    assert check["phase"] == "Failed" and check["job"].startswith("too-deep-check-")
+    # No trial ever started; the check is a dry-run DistillationJob owned by the search.
+    trials_made = get(control_plane, namespace, "distillationjobs", selector="distillery.io/search=too-deep")["items"]
+    assert trials_made == [] and final["status"]["trialsStarted"] == 0
+    dry = get(control_plane, namespace, "distillationjob", check["job"])
+    assert dry["spec"]["dryRun"] is True and dry["spec"]["student"]["keepLayers"] == 9
+    assert dry["metadata"]["ownerReferences"][0]["uid"] == final["metadata"]["uid"]
+    assert dry["status"]["phase"] == "Failed" and condition(dry, "Succeeded")["reason"] == "InvalidInput"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.safetensors"))
     events = [e for e in get(control_plane, namespace, "events")["items"]
               if e["involvedObject"].get("kind") == "DistillationSearch"]
-    assert [(e["type"], e["reason"]) for e in events] == [("Warning", "TrialInvalid")]
+    assert [(e["type"], e["reason"]) for e in events] == [("Warning", "InvalidSpace")]
 
 
 def refusals(log_dir: Path, user: str) -> list[str]:

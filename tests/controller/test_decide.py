@@ -236,7 +236,9 @@ def test_follow_asks_for_progress_and_writes_running_once_per_change(tmp_path):
     first = decide.decide_follow(obs, SETTINGS, RUNNING, None, read, None)
     assert kinds(first) == ["PatchStatus", "ReadStore"]
     assert status_of(first)["phase"] == "Running"
-    assert status_of(first)["progress"] == {"stage": "training", "percent": 42.0, "epoch": 1, "totalEpochs": 2}
+    # null clears what an earlier progress set and this one does not (a merge patch keeps it otherwise).
+    assert status_of(first)["progress"] == {"stage": "training", "percent": 42.0, "epoch": 1, "totalEpochs": 2,
+                                            "message": None, "ranks": None}
     # Written, but the watch has not brought it back: not written again.
     written = status_of(first)["progress"]
     assert decide.decide_follow(obs, SETTINGS, RUNNING, None, read, None, written=written) == [ReadStore("progress")]
@@ -271,6 +273,35 @@ def test_progress_json_cannot_put_nan_or_junk_in_the_status():
     assert decide.progress_of({"stage": "x", "percent": float("nan")}) is None
     assert decide.progress_of(["not", "a", "mapping"]) is None
     assert decide.progress_of({"stage": "y" * 500, "percent": 1e9}).percent == 100.0
+
+
+def test_where_ranks_differ_status_shows_each_and_clears_them_once_they_move_together(tmp_path):
+    obs = started(document(tmp_path, resources={"processesPerWorker": 2}))
+    ranks = [{"rank": 0, "stage": "selecting-layers", "percent": 17.5}, {"rank": 1, "stage": "waiting", "percent": 5.0}]
+    apart = StoreRead(value={"stage": "selecting-layers", "percent": 17.5, "ranks": ranks})
+    first = decide.decide_follow(obs, SETTINGS, RUNNING, None, apart, None)
+    assert status_of(first)["progress"]["ranks"] == ranks
+    # Written once: the same ranks again are no change.
+    written = status_of(first)["progress"]
+    assert decide.decide_follow(obs, SETTINGS, RUNNING, None, apart, None, written=written) == [ReadStore("progress")]
+    # In lockstep the trainer leaves `ranks` out: the patch removes the old list.
+    together = StoreRead(value={"stage": "training", "percent": 30.0, "epoch": 1, "totalEpochs": 3})
+    later = decide.decide_follow(obs, SETTINGS, RUNNING, None, together, None, written=written)
+    assert status_of(later)["progress"]["ranks"] is None
+
+
+def test_progress_json_ranks_are_checked_line_by_line():
+    def ranks(lines):
+        return decide.progress_of({"stage": "training", "percent": 40, "ranks": lines}).ranks
+
+    assert [r.to_wire() for r in ranks([{"rank": 0, "stage": "training", "percent": 40, "epoch": 2, "totalEpochs": 3},
+                                        {"rank": 3, "stage": "x" * 99, "percent": 1e9}])] == [
+        {"rank": 0, "stage": "training", "percent": 40.0, "epoch": 2, "totalEpochs": 3},
+        {"rank": 3, "stage": "x" * 64, "percent": 100.0}]
+    # One bad line drops the list, never the progress: the status holds only what the trainer writes.
+    for junk in ([{"rank": -1, "percent": 3}], [{"rank": True, "percent": 3}], [{"rank": 1, "percent": "nan"}],
+                 [{"percent": 3}], ["rank 1"], [], {"rank": 1}, [{"rank": 1, "percent": 1}] * 34):
+        assert ranks(junk) is None, junk
 
 
 def test_a_suspended_job_stays_queued(tmp_path):
@@ -447,3 +478,43 @@ def test_actions_are_plain_values():
     # Executors match on these types; a typo in a new branch would be a silent no-op otherwise.
     assert {CreateService, CreateJob, DeleteJob, PatchStatus, RegisterStudent, Event, ReadStore, ForgetStore, Retry} == set(
         decide.Action.__args__)
+
+
+# ----------------------------------------------------------------------------- dry runs
+
+
+def test_a_dry_run_runs_on_one_pod_without_gpus_whatever_the_spec_asks(tmp_path):
+    doc = document(tmp_path, dryRun=True, resources={"workers": 2, "gpus": 2})
+    actions = decide.decide_start(obs_of(doc), SETTINGS, None, [])
+    assert kinds(actions) == ["CreateJob", "PatchStatus"]  # no worker Service
+    job = actions[0].manifest
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
+    assert "completionMode" not in job["spec"] and status_of(actions)["worldSize"] == 1
+    sent = json.loads(next(e["value"] for e in container["env"] if e["name"] == "DISTILLERY_JOB"))
+    assert sent["spec"]["dryRun"] is True and sent["spec"]["resources"].get("gpus", 0) == 0
+
+
+def test_a_dry_run_that_passed_succeeds_checked_without_reading_a_result(tmp_path):
+    doc = document(tmp_path, dryRun=True)
+    message = {"ok": True, "dryRun": True, "reason": "Checked",
+               "message": "the spec fits the teacher (6 layers) and the data (1437 train rows, 360 eval rows)"}
+    actions = decide.decide_follow(started(doc), SETTINGS, COMPLETE, [pod(message)], None, None)
+    assert kinds(actions) == ["PatchStatus", "Event", "ForgetStore"]  # no ReadStore, no RegisterStudent
+    status = status_of(actions)
+    assert status["phase"] == "Succeeded" and status["message"] == message["message"]
+    assert condition(status, "Succeeded")["reason"] == "Checked"
+    assert condition(status, "Ready")["status"] == "False" and "studentModel" not in status
+    assert actions[1].reason == "Checked"
+
+
+def test_a_dry_run_refused_fails_with_the_trainers_message(tmp_path):
+    doc = document(tmp_path, dryRun=True, student={"keepLayers": 9})
+    failed = {"metadata": {"name": "distill-a-g1"}, "spec": {},
+              "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}}
+    message = {"ok": False, "reason": "InvalidInput",
+               "message": "student.keepLayers: 9 is larger than the teacher's 6 layers"}
+    actions = decide.decide_follow(started(doc), SETTINGS, failed, [pod(message, reason="Error")], None, None)
+    status = status_of(actions)
+    assert status["phase"] == "Failed" and condition(status, "Succeeded")["reason"] == "InvalidInput"
+    assert status["message"] == message["message"]

@@ -21,9 +21,11 @@ from distillery.controller import search_naming as sn
 from distillery.controller.decide import Event
 from distillery.controller.search_decide import (
     INVALID_TRIAL_REASONS,
+    CreateSpaceCheck,
     CreateTrial,
     PatchSearchStatus,
     ReadRegistry,
+    ReadSpaceCheck,
     SearchObserved,
     decide_search,
     finished_after,
@@ -61,12 +63,15 @@ def metrics_of(params: dict) -> dict:
 
 
 class Cluster:
-    """The search and its trials as the API server would hold them."""
+    """The search and its trials as the API server would hold them. The space's check (a dry-run
+    DistillationJob) passes as soon as it is created unless `check_passes` is False."""
 
-    def __init__(self, spec: dict, name: str = "s", namespace: str = "ns"):
+    def __init__(self, spec: dict, name: str = "s", namespace: str = "ns", check_passes: bool = True):
         self.name, self.namespace, self.spec = name, namespace, spec
+        self.check_passes = check_passes
         self.status: dict = {}
         self.jobs: dict[str, dict] = {}
+        self.checks: dict[str, dict] = {}
         self.events: list[Event] = []
         self.max_running = 0
         self.writes = 0
@@ -79,11 +84,22 @@ class Cluster:
         return [copy.deepcopy(j) for j in self.jobs.values()]
 
     def decide(self, students: list[dict] | None = None, now: datetime = NOW, **kw) -> list:
-        return decide_search(self.observed(**kw), self.listed(), students, now)
+        actions = decide_search(self.observed(**kw), self.listed(), students, now)
+        asked = [a for a in actions if isinstance(a, ReadSpaceCheck)]
+        if asked:  # as the handler does: read the check job (absent: {}) and decide again
+            check = copy.deepcopy(self.checks.get(asked[0].name, {}))
+            actions = decide_search(self.observed(**kw), self.listed(), students, now, None, check)
+        return actions
 
     def apply(self, actions: list) -> None:
         for a in actions:
-            if isinstance(a, CreateTrial):
+            if isinstance(a, CreateSpaceCheck):
+                self.checks.setdefault(a.name, copy.deepcopy(a.manifest))
+                if self.check_passes:
+                    self.checks[a.name]["status"] = {
+                        "phase": "Succeeded", "message": "the spec fits the teacher (6 layers) and the data",
+                        "conditions": [{"type": "Succeeded", "status": "True", "reason": "Checked"}]}
+            elif isinstance(a, CreateTrial):
                 self.jobs.setdefault(a.name, copy.deepcopy(a.manifest))  # 409: already there
             elif isinstance(a, PatchSearchStatus):
                 self.writes += 1
@@ -97,6 +113,14 @@ class Cluster:
         self.max_running = max(self.max_running, len(self.running()))
 
     def step(self, students: list[dict] | None = None, now: datetime = NOW) -> list:
+        """One look; when it created the space's check and that passed at once, the next look too
+        (so a test of the trials sees them start)."""
+        actions = self._look(students, now)
+        if self.check_passes and any(isinstance(a, CreateSpaceCheck) for a in actions):
+            actions = self._look(students, now)
+        return actions
+
+    def _look(self, students: list[dict] | None, now: datetime) -> list:
         actions = self.decide(students, now)
         if any(isinstance(a, ReadRegistry) for a in actions):
             actions = self.decide(students or [], now)
@@ -131,7 +155,7 @@ class Cluster:
 
 
 def creates(actions: list) -> list[CreateTrial]:
-    return [a for a in actions if isinstance(a, CreateTrial)]
+    return [a for a in actions if isinstance(a, CreateTrial) and not isinstance(a, CreateSpaceCheck)]
 
 
 def patch_of(actions: list) -> dict:
@@ -361,6 +385,8 @@ def test_fixing_the_space_after_an_invalid_trial_lets_the_search_go_on(tmp_path)
     assert len(c.jobs) == 1 and c.status["phase"] == "Failed" and c.status["observedGeneration"] == 2
     # A fixed space (generation 3): the refused trial stays in the table, new trials start.
     c.spec["space"] = {"keepLayers": {"min": 2, "max": 5}}
+    c.apply(c.decide(generation=3))  # the changed space is checked first (its dry run passes here)
+    assert len(c.checks) == 2 and not c.running()
     c.apply(c.decide(generation=3))
     assert [name for name in c.jobs] == ["s-t000", "s-t001"]
     assert c.status["phase"] == "Running" and c.status["observedGeneration"] == 3
@@ -387,6 +413,7 @@ def test_an_ordinary_trial_failure_is_counted_and_the_search_goes_on(tmp_path):
 def test_learn_from_registry_reads_the_group_then_seeds_its_first_trials(tmp_path):
     spec = search_spec(tmp_path, learnFromRegistry=True)
     c = Cluster(spec)
+    c.apply(c.decide())  # the space's check, which passes
     asked = c.decide()
     teacher = spec["template"]["teacher"]
     assert asked == [ReadRegistry(registry.group_of(teacher["uri"], teacher["task"], "cpu"))]
@@ -465,8 +492,9 @@ def test_status_patch_clears_what_the_new_status_leaves_out():
 
 def test_trials_of_other_searches_or_without_an_index_are_not_counted(tmp_path):
     c = Cluster(search_spec(tmp_path))
+    c.apply(c.decide())  # the space's check, which passes
     stray = {"metadata": {"name": "s-t007", "labels": {sn.LABEL_SEARCH: "s"}}, "status": {}}
-    actions = decide_search(c.observed(), [stray], None, NOW)
+    actions = decide_search(c.observed(), [stray], None, NOW, None, next(iter(c.checks.values())))
     assert [a.name for a in creates(actions)] == ["s-t000", "s-t001"]
 
 
@@ -487,3 +515,85 @@ def test_finished_after_says_when_a_stale_copy_can_be_skipped(tmp_path):
         c.finish(n)
     last = c.decide()
     assert finished_after(c.observed(), last)
+
+
+# ----------------------------------------------------------------------------- the space's check
+
+
+def test_a_space_needing_the_teachers_depth_is_checked_by_a_dry_run_before_any_trial(tmp_path):
+    c = Cluster(search_spec(tmp_path), check_passes=False)
+    # The operator cannot read the teacher: it asks for the check job, and creates it when absent.
+    (read,) = decide_search(c.observed(), [], None, NOW)
+    assert isinstance(read, ReadSpaceCheck) and read.name.startswith("s-check-")
+    name = read.name
+    actions = c.step()
+    (check,) = [a for a in actions if isinstance(a, CreateSpaceCheck)]
+    assert not creates(actions) and check.name == name
+    meta, spec = check.manifest["metadata"], check.manifest["spec"]
+    assert spec["dryRun"] is True and spec["student"]["keepLayers"] == 3  # the space's deepest student
+    assert spec["output"]["uri"] == f"file://{tmp_path}/out/space-check"
+    assert meta["labels"][sn.LABEL_SPACE_CHECK] == "s"
+    assert sn.LABEL_SEARCH not in meta["labels"] and sn.LABEL_TRIAL_INDEX not in meta["labels"]
+    assert meta["ownerReferences"][0]["kind"] == "DistillationSearch"
+    assert c.status["phase"] == "Pending" and c.status["spaceCheck"] == {
+        "job": name, "phase": "Running", "message": "a dry run of the space's deepest student"}
+    assert "checking the space" in c.status["progress"]["message"]
+    # While it runs nothing starts, and it is not created twice.
+    assert not creates(c.step()) and len(c.checks) == 1 and not c.jobs
+    # Passed: the trials start, and the status keeps saying so once the trials are running.
+    c.checks[name]["status"] = {"phase": "Succeeded", "message": "the spec fits the teacher (6 layers)",
+                                "conditions": [{"type": "Succeeded", "status": "True", "reason": "Checked"}]}
+    assert [a.name for a in creates(c.step())] == ["s-t000", "s-t001"]
+    assert c.status["spaceCheck"]["phase"] == "Passed" and c.status["phase"] == "Running"
+    assert not any(isinstance(a, ReadSpaceCheck) for a in decide_search(c.observed(), c.listed(), None, NOW))
+    c.finish("s-t000")
+    c.step()
+    assert c.status["spaceCheck"]["phase"] == "Passed" and c.status["phase"] == "Running"
+
+
+def test_a_keep_layers_beyond_the_teacher_fails_the_search_before_any_trial(tmp_path):
+    c = Cluster(search_spec(tmp_path, space={"keepLayers": {"min": 7, "max": 9}}), check_passes=False)
+    c.step()
+    (name,) = c.checks
+    message = "student.keepLayers: 9 is larger than the teacher's 6 layers"
+    c.checks[name]["status"] = {"phase": "Failed", "message": message, "conditions": [
+        {"type": "Succeeded", "status": "False", "reason": "InvalidInput", "message": message}]}
+    actions = c.step()
+    assert not creates(actions) and not c.jobs
+    assert c.status["phase"] == "Failed" and c.status["spaceCheck"]["phase"] == "Failed"
+    cond = condition(c.status, "Succeeded")
+    assert cond["reason"] == "InvalidSpace" and cond["message"].startswith("space.keepLayers.max 9: ")
+    assert message in cond["message"] and name in cond["message"]
+    assert [(e.reason, e.warning) for e in c.events] == [("InvalidSpace", True)]
+    assert c.step() == []
+    # A fixed space (generation 2) gets a check of its own.
+    c.spec["space"] = {"keepLayers": {"min": 2, "max": 5}}
+    c.apply(c.decide(generation=2))
+    assert len(c.checks) == 2 and c.status["phase"] == "Pending" and not c.jobs
+
+
+def test_a_check_failing_for_another_reason_fails_the_search_with_it(tmp_path):
+    c = Cluster(search_spec(tmp_path), check_passes=False)
+    c.step()
+    (name,) = c.checks
+    c.checks[name]["status"] = {"phase": "Failed", "message": "Secret 's3' is not marked for use", "conditions": [
+        {"type": "Succeeded", "status": "False", "reason": "SecretNotAllowed"}]}
+    c.step()
+    cond = condition(c.status, "Succeeded")
+    assert cond["reason"] == "SpaceCheckFailed" and "(SecretNotAllowed): Secret 's3'" in cond["message"]
+    assert not c.jobs
+
+
+def test_a_space_without_keep_layers_starts_its_trials_at_once(tmp_path):
+    c = Cluster(search_spec(tmp_path, space={"temperature": [2.0, 4.0], "int8": [False, True]}), check_passes=False)
+    assert [a.name for a in creates(c.step())] == ["s-t000", "s-t001"]
+    assert not c.checks and "spaceCheck" not in c.status
+
+
+def test_a_dry_run_template_is_refused(tmp_path):
+    spec = search_spec(tmp_path)
+    spec["template"]["dryRun"] = True
+    c = Cluster(spec)
+    c.step()
+    assert c.status["phase"] == "Failed" and "template.dryRun" in condition(c.status, "Succeeded")["message"]
+    assert not c.checks and not c.jobs

@@ -27,9 +27,16 @@ def test_a_patch_is_the_typed_status_on_the_wire_plus_what_it_clears():
     # What an earlier generation's end wrote goes (null in a merge patch removes a field).
     assert wire["completionTime"] is None and wire["decision"] is None and wire["studentModel"] is None
     assert wire["phase"] == "Pending" and wire["trainerJob"] == "distill-a-g2"
+    # Inside progress too: an earlier run's epoch or ranks would stay beside the new stage.
+    assert wire["progress"]["epoch"] is None and wire["progress"]["ranks"] is None
     # Everything else round-trips through the API model: nothing hand-built slips past it.
-    kept = {k: v for k, v in wire.items() if v is not None}
+    kept = without_nulls(wire)
     assert DistillationJobStatus.model_validate(kept).to_wire() == kept
+
+
+def without_nulls(wire: dict) -> dict:
+    """A merge patch as the API server keeps it (null removes a field, in nested objects too)."""
+    return {k: without_nulls(v) if isinstance(v, dict) else v for k, v in wire.items() if v is not None}
 
 
 def test_waiting_is_pending_not_failed():

@@ -92,3 +92,35 @@ def test_compare_reports_parameters_compression_and_shared_layers(digits_workspa
     assert c["compressionRatio"] > 1
     t = distillery("compare", str(digits_workspace / "teacher"), str(tmp_path / "b" / "model"))
     assert t.returncode == 0 and "shared teacher layers: [0, 4]" in t.stdout
+
+
+def test_a_dry_run_checks_the_spec_against_the_teacher_and_writes_nothing(digits_workspace, tmp_path,
+                                                                         write_job_file):
+    out = tmp_path / "out"
+    doc = digits_job_document(digits_workspace, out, student={"method": "importance", "keepLayers": 6})
+    r = distillery("run", str(write_job_file(doc)), "--dry-run", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "the spec fits the teacher (6 layers)" in r.stdout and "train rows" in r.stdout
+    assert "[distillery] training" not in r.stderr
+    assert not out.exists() or not any(out.iterdir())  # nothing trained, nothing written
+
+    # One layer more than the teacher has: refused as a run would refuse it, still writing nothing.
+    doc["spec"]["student"]["keepLayers"] = 7
+    r = distillery("run", str(write_job_file(doc)), "--dry-run", "--no-progress")
+    assert r.returncode == 2, r.stderr
+    assert "student.keepLayers: 7 is larger than the teacher's 6 layers" in r.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_spec_dry_run_writes_its_verdict_as_the_termination_message(digits_workspace, tmp_path):
+    """What the operator reads from the pod: ok, a dry run, and the summary."""
+    from distillery.api import load_job
+    from distillery_trainer.entrypoint import run_job
+
+    doc = digits_job_document(digits_workspace, tmp_path / "out", dryRun=True)
+    message = tmp_path / "termination-log"
+    code, result = run_job(load_job(doc), termination_path=str(message), show_bar=False)
+    assert (code, result) == (0, None)
+    body = json.loads(message.read_text())
+    assert body["ok"] is True and body["dryRun"] is True and body["reason"] == "Checked"
+    assert "6 layers" in body["message"]

@@ -84,8 +84,10 @@ def device_for(world: World) -> torch.device:
 
 
 @contextlib.contextmanager
-def process_group(world: World, device: torch.device) -> Iterator[None]:
-    """torch.distributed set up for the run (NCCL between GPUs, gloo on CPUs), torn down after."""
+def process_group(world: World, device: torch.device) -> Iterator[object]:
+    """torch.distributed set up for the run (NCCL between GPUs, gloo on CPUs), torn down after;
+    yields the group's key-value store (this attempt's part of it), where the ranks publish their
+    progress (progress.RankBoard)."""
     import torch.distributed as dist
 
     if device.type == "cuda":
@@ -96,10 +98,11 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
     # restarted rank reads the dead group's addresses and cannot connect (seen here after a rank
     # was killed: gloo's "Connection refused", or a hang).
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.PrefixStore(
-        f"distillery/attempt-{attempt}/", store), rank=world.rank, world_size=world.size, timeout=timeout)
+    attempt_store = dist.PrefixStore(f"distillery/attempt-{attempt}/", store)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=attempt_store,
+                            rank=world.rank, world_size=world.size, timeout=timeout)
     try:
-        yield
+        yield attempt_store
     finally:
         dist.destroy_process_group()
 

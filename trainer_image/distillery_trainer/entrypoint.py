@@ -1,7 +1,7 @@
 """`distillery-trainer`: the trainer pod's entry point (also what `distillery run` calls).
 
 The job spec comes from a file (`--spec`) or the DISTILLERY_JOB environment variable (JSON or
-YAML). The exit code says accepted (0), rejected (3), invalid input (2: permanent, never
+YAML). The exit code says accepted (0; also a dry run whose checks pass), rejected (3), invalid input (2: permanent, never
 retried), error (1: store or network trouble, SIGTERM, anything else; retried) or interrupted by
 Ctrl-C (130, the shell's 128 + SIGINT). Every failure is one `error:` line on stderr, and a
 compact JSON result goes to the termination-message file when there is one.
@@ -113,6 +113,8 @@ def run_job(job, *, restart: bool = False, allow_nonempty_output: bool = False,
     progress = Progress(show_bar=show_bar)
     with stop_on_signals():  # also while reporting, so a second Ctrl-C cannot cut the report short
         try:
+            if job.spec.dry_run:
+                return _dry_run(job, progress, termination_path), None
             result = run(job, restart=restart, progress=progress, allow_nonempty_output=allow_nonempty_output)
         except Interrupted as stop:
             progress.interrupted()
@@ -136,6 +138,16 @@ def run_job(job, *, restart: bool = False, allow_nonempty_output: bool = False,
         return 0, None
     _write_termination(result.termination_message(), termination_path)
     return result.exit_code, result
+
+
+def _dry_run(job, progress, termination_path: str | None) -> int:
+    """spec.dryRun: the checks only (dry_run.py); exit 0 when they pass, the summary on stdout."""
+    from distillery_trainer import dry_run
+
+    text = dry_run.check_only(job, progress)
+    print(f"dry run: {text}", flush=True)
+    _write_termination(dry_run.termination_message(text), termination_path)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from distillery.fingerprint import spec_hash, training_fingerprint
 from distillery.store import Store, open_store
 from distillery_trainer import distributed, preflight, stages, training
 from distillery_trainer.output_dir import open_output
-from distillery_trainer.progress import Progress
+from distillery_trainer.progress import Progress, RankBoard, WorkerProgress
 from distillery_trainer.run_context import RunContext
 from distillery_trainer.stages import EVAL_BATCH, STAGES, now, onnx_parameter_count, stages_for
 from distillery_trainer.tasks import for_task
@@ -48,14 +48,18 @@ def run(job: DistillationJob, *, restart: bool = False, progress: Progress | Non
         return run_main(job, restart=restart, progress=progress, allow_nonempty_output=allow_nonempty_output)
     preflight.check_spec(job)  # every rank: bad input fails each rank the same way, before any wait
     device = distributed.device_for(world)
-    with distributed.process_group(world, device):
+    with distributed.process_group(world, device) as group_store:
         signal = distributed.RankSignal(world, device)
+        board = RankBoard(group_store, world.rank, world.size)
         if not world.main:
-            return run_worker(job, world, device, signal)
+            return run_worker(job, world, device, signal, board)
+        progress = progress or Progress()
+        progress.peers = board
         try:
             return run_main(job, restart=restart, progress=progress, allow_nonempty_output=allow_nonempty_output,
                             world=world, device=device, signal=signal)
         finally:
+            progress.peers = None  # the store goes with the group: a later write (interrupted) must not use it
             signal.send(go=False)  # releases the other ranks when rank 0 ended before training
 
 
@@ -105,50 +109,47 @@ def share_student(ctx: RunContext, signal: distributed.RankSignal) -> None:
 
 
 def run_worker(job: DistillationJob, world: distributed.World, device: torch.device,
-               signal: distributed.RankSignal) -> None:
+               signal: distributed.RankSignal, board: RankBoard | None = None) -> None:
     """A rank other than 0: the same inputs, its share of the teacher pass when rank 0 asks, then
     rank 0's student and teacher outputs read back from the store, then training on its share of
-    every batch. It writes nothing."""
+    every batch. It writes nothing to the store; its progress goes to the board."""
     spec = job.spec
     store = ReadOnlyStore(open_store(spec.output.uri, endpoint=spec.output.endpoint, region=spec.output.region),
                           world.rank)
     work = Path(tempfile.mkdtemp(prefix=f"distillery-rank{world.rank}-"))
+    progress = WorkerProgress(board)
     try:
-        ctx = RunContext(job=job, store=store, progress=QuietProgress(), device=device, work=work,
+        ctx = RunContext(job=job, store=store, progress=progress, device=device, work=work,
                          task=for_task(spec.teacher.task), fingerprint=training_fingerprint(spec),
                          spec_hash=spec_hash(spec), started=now(), world=world)
-        stages.read_inputs(ctx)
-        message = signal.wait()
-        if message == signal.TEACHER_PASS:
-            stages.join_teacher_pass(ctx)
-            message = signal.wait()
-        if message != signal.GO:
-            return None
-        stages.find_checkpoint(ctx)
-        if ctx.state is None:
-            raise RuntimeError(f"rank {world.rank}: rank 0 said GO but left no checkpoint in "
-                               f"{store.uri_for('checkpoints/')} to start from")
-        stages.teacher_outputs(ctx)
-        stages.select_layers(ctx)
-        if ctx.resume_payload is None:
-            raise RuntimeError(f"rank {world.rank}: the checkpoint rank 0 wrote does not load")
-        stages.train(ctx)
+        worker_stages(ctx, signal, progress)
+        progress.finish()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return None
 
 
-class QuietProgress(Progress):
-    """The other ranks report nothing: rank 0 speaks for the run."""
-
-    def __init__(self):
-        super().__init__(None, show_bar=False)
-
-    def stage(self, name: str, message: str = "") -> None:
-        self.stage_name = name
-
-    def log(self, message: str) -> None:
-        pass
+def worker_stages(ctx: RunContext, signal: distributed.RankSignal, progress: WorkerProgress) -> None:
+    """run_worker's part of the run, up to the end of training or rank 0's DONE."""
+    stages.read_inputs(ctx)
+    progress.waiting()
+    message = signal.wait()
+    if message == signal.TEACHER_PASS:
+        progress.stage("teacher-outputs")
+        stages.join_teacher_pass(ctx)
+        progress.waiting()
+        message = signal.wait()
+    if message != signal.GO:
+        return
+    stages.find_checkpoint(ctx)
+    if ctx.state is None:
+        raise RuntimeError(f"rank {ctx.world.rank}: rank 0 said GO but left no checkpoint in "
+                           f"{ctx.store.uri_for('checkpoints/')} to start from")
+    stages.teacher_outputs(ctx)
+    stages.select_layers(ctx)
+    if ctx.resume_payload is None:
+        raise RuntimeError(f"rank {ctx.world.rank}: the checkpoint rank 0 wrote does not load")
+    stages.train(ctx)
 
 
 class ReadOnlyStore:

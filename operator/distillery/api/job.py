@@ -615,6 +615,11 @@ class DistillationJobSpec(ApiModel):
     output: Output
     resources: Resources = Field(default_factory=Resources)
     queue_name: str | None = Field(default=None, description="Kueue LocalQueue for the trainer Job")
+    # None rather than False when unset, so that the spec's hash (exclude_none) stays what it was.
+    dry_run: bool | None = Field(
+        default=None, description="check the spec against the teacher and the data as a run does before its "
+        "teacher pass (depth, positions, shapes, tokenizer), then stop: nothing is trained or written, and "
+        "the job ends Succeeded with reason Checked (in the cluster on one pod without GPUs)")
 
     @model_validator(mode="after")
     def _consistent(self) -> DistillationJobSpec:
@@ -642,12 +647,31 @@ class DistillationJobSpec(ApiModel):
 # ----------------------------------------------------------------------------- status
 
 
+# progress.json's `ranks` holds at most this many other ranks (the trainer's MAX_LISTED_RANKS).
+MAX_LISTED_RANKS = 32
+
+
+class RankProgress(ApiModel):
+    """One training process's progress in a distributed run."""
+
+    rank: int = Field(ge=0, description="the process's rank (0 runs the pipeline)")
+    stage: str = ""
+    percent: float = 0.0
+    epoch: int | None = None
+    total_epochs: int | None = None
+
+
 class Progress(ApiModel):
     stage: str = ""
     percent: float = 0.0
     epoch: int | None = None
     total_epochs: int | None = None
     message: str | None = None
+    ranks: list[RankProgress] | None = Field(
+        default=None, max_length=MAX_LISTED_RANKS + 1,
+        description="a distributed run's processes where they are not all at the same point: rank 0 (whose "
+        "progress the fields above show) and each rank at another stage or a point of percent or more apart "
+        f"(at most {MAX_LISTED_RANKS}, those furthest from rank 0); absent while they move together")
 
 
 class ModelMetrics(ApiModel):

@@ -208,6 +208,15 @@ class SearchProgress(ApiModel):
     message: str | None = None
 
 
+class SpaceCheck(ApiModel):
+    """The dry run of the space's deepest student that runs before the first trial (in the cluster,
+    where the operator never reads the teacher)."""
+
+    job: str = Field(description="the DistillationJob (spec.dryRun) that checks the space")
+    phase: str = Field(description="Running, Passed or Failed")
+    message: str | None = None
+
+
 class DistillationSearchStatus(ApiModel):
     observed_generation: int | None = None
     phase: str | None = Field(default=None, description="Pending, Running, Succeeded or Failed")
@@ -223,6 +232,8 @@ class DistillationSearchStatus(ApiModel):
     best_trial: str | None = None
     student_model: str | None = Field(default=None, description="the best trial's StudentModel")
     seeded_from: list[str] = Field(default_factory=list, description="StudentModels whose settings were tried first")
+    space_check: SpaceCheck | None = Field(default=None, description="the check of the space against the teacher "
+                                           "before the first trial")
     start_time: str | None = None
     completion_time: str | None = None
     message: str | None = None

@@ -12,7 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from distillery.api.job import DistillationJob, ModelMetrics, Progress
+from distillery.api.job import (
+    MAX_LISTED_RANKS,
+    DistillationJob,
+    ModelMetrics,
+    Progress,
+    RankProgress,
+)
 from distillery.api.load import SpecError, load_job
 from distillery.controller import naming, policy, registry
 from distillery.controller import status as st
@@ -23,6 +29,7 @@ from distillery.controller.store_io import StoreRead
 from distillery.controller.trainer_job import (
     build_trainer_job,
     build_worker_service,
+    for_dry_run,
     for_generation,
 )
 
@@ -204,6 +211,7 @@ def decide_start(obs: Observed, settings: Settings, secret: SecretSeen | None,
     violations = policy.job_violations(job, settings)
     if violations:
         return fail(obs, "PolicyViolation", "; ".join(violations))
+    job = for_dry_run(job)  # after the policy, which judges the spec as written
     if secret is not None and secret.metadata is None:
         return wait_for(obs, "SecretMissing", f"Secret {secret.name!r} not found in namespace {obs.namespace!r} "
                         "(output.credentialsSecret)", retry)
@@ -250,18 +258,50 @@ def latest_reports(pods: list[dict]) -> list[tuple[dict | None, str | None]]:
 def progress_of(raw: Any) -> Progress | None:
     """progress.json as the status shows it; None when it is not a progress document (the file is
     the trainer's, but anyone with the store's credentials can write it)."""
+    out = point_of(raw)
+    if out is not None:
+        out.ranks = ranks_of(raw.get("ranks"))
+    return out
+
+
+def whole(value: Any) -> int | None:
+    """A count the status can hold (an int32, not negative), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31 else None
+
+
+def point_of(raw: Any) -> Progress | None:
+    """The stage, percent and epoch of one progress document (or of one rank's line in it)."""
     if not isinstance(raw, Mapping):
         return None
     percent = raw.get("percent", 0.0)
     if isinstance(percent, bool) or not isinstance(percent, int | float) or not math.isfinite(percent):
         return None
     out = Progress(stage=str(raw.get("stage", ""))[:64], percent=round(min(100.0, max(0.0, float(percent))), 2))
-    epoch, total = raw.get("epoch"), raw.get("totalEpochs")
-    if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0:
-        out.epoch = epoch
-        if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
-            out.total_epochs = total
+    out.epoch = whole(raw.get("epoch"))
+    if out.epoch is not None:
+        out.total_epochs = whole(raw.get("totalEpochs"))
     return out
+
+
+def ranks_of(raw: Any) -> list[RankProgress] | None:
+    """progress.json's `ranks` (distributed runs, where the ranks differ), each line checked like the
+    progress itself; None when it is not a list the trainer writes."""
+    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_LISTED_RANKS + 1:
+        return None
+    ranks = []
+    for line in raw:
+        point = point_of(line)
+        rank = whole(line.get("rank")) if point is not None else None
+        if rank is None:
+            return None
+        ranks.append(RankProgress(rank=rank, stage=point.stage, percent=point.percent, epoch=point.epoch,
+                                  total_epochs=point.total_epochs))
+    return ranks
+
+
+def set_fields(wire: Mapping | None) -> dict | None:
+    """A progress as written in a merge patch (None clears a field) -> as the API server keeps it."""
+    return None if wire is None else {k: v for k, v in wire.items() if v is not None}
 
 
 def unknown_progress(read: StoreRead, previous: Mapping | None) -> Progress:
@@ -298,7 +338,7 @@ def decide_follow(obs: Observed, settings: Settings, trainer: Mapping, pods: lis
         seen = unknown_progress(progress, previous)
     # Running once the trainer has said something (or the store cannot be read): a Job whose pod
     # has not started yet stays Pending, and each change is written once.
-    if seen is not None and seen.to_wire() != previous:
+    if seen is not None and seen.to_wire() != set_fields(previous):
         actions.insert(0, PatchStatus(st.running(obs.generation, seen, obs.conditions)))
     return actions
 
@@ -326,8 +366,21 @@ def trainer_failed(obs: Observed, cond: Mapping, pods: list[dict]) -> list[Actio
     return fail(obs, reason, message)
 
 
+def dry_run_passed(obs: Observed, pods: list[dict]) -> list[Action]:
+    """A dry run's Job completed: its checks passed (there is no result to read). The summary comes
+    from the pod's termination message, one line."""
+    reported = next((msg for msg, _ in latest_reports(pods) if msg and msg.get("ok") is True), None)
+    text = reported.get("message") if reported and reported.get("dryRun") is True else None
+    message = " ".join(text.split())[:1000] if isinstance(text, str) and text.strip() else \
+        "the dry run's checks passed; nothing was trained or written"
+    return [PatchStatus(st.checked(obs.generation, message, obs.conditions)), Event("Checked", message),
+            ForgetStore()]
+
+
 def finish(obs: Observed, settings: Settings, pods: list[dict], result: StoreRead | None,
            registered: list[Mapping] | None) -> list[Action]:
+    if parse_job(obs).spec.dry_run:
+        return dry_run_passed(obs, pods)
     if result is None or (not result.ok and result.failures < settings.result_read_attempts):
         return [ReadStore(RESULT)]
     if not result.ok:

@@ -195,7 +195,7 @@ async def execute(ctx: OperatorContext, obs: Observed, body, patch, actions: lis
             phase = action.patch.phase
             if phase:
                 processes = wire.get("worldSize") or obs.status.get("worldSize")
-                metrics.set_phase(f"{obs.namespace}/{obs.name}", phase, processes)
+                metrics.set_phase(f"{obs.namespace}/{obs.name}", phase, processes, wire.get("progress"))
             if phase in decide.FINAL:
                 ctx.finished[obs.uid] = obs.generation
                 ctx.progress_written.pop(obs.uid, None)

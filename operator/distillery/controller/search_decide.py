@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
@@ -25,6 +25,7 @@ from distillery.api.search import (
     Objective,
     SearchProgress,
     SearchTrial,
+    SpaceCheck,
     TrialParams,
 )
 from distillery.controller import naming, registry
@@ -104,10 +105,19 @@ class ObservedTrial:
 @dataclass(frozen=True)
 class CreateTrial:
     manifest: dict[str, Any]
+    # The label naming the search on what it creates: an object of that name without it is not ours.
+    owner_label: ClassVar[str] = sn.LABEL_SEARCH
 
     @property
     def name(self) -> str:
         return self.manifest["metadata"]["name"]
+
+
+@dataclass(frozen=True)
+class CreateSpaceCheck(CreateTrial):
+    """The dry run that checks the space against the teacher before the first trial."""
+
+    owner_label: ClassVar[str] = sn.LABEL_SPACE_CHECK
 
 
 @dataclass(frozen=True)
@@ -124,7 +134,14 @@ class ReadRegistry:
     group: str
 
 
-SearchAction = CreateTrial | PatchSearchStatus | ReadRegistry | Event
+@dataclass(frozen=True)
+class ReadSpaceCheck:
+    """Decide again with this DistillationJob (the space's check) as stored: {} when there is none."""
+
+    name: str
+
+
+SearchAction = CreateTrial | PatchSearchStatus | ReadRegistry | ReadSpaceCheck | Event
 
 
 # ----------------------------------------------------------------------------- reading trials
@@ -225,6 +242,65 @@ def trial_manifest(obs: SearchObserved, spec: DistillationSearchSpec, index: int
     }
 
 
+def known_depth(spec: DistillationSearchSpec) -> int | None:
+    """The depth the student is cut from when the spec itself says it (a built-in architecture)."""
+    student = spec.template.student
+    return student.architecture.num_blocks if student.architecture is not None and student.base is None else None
+
+
+def needs_space_check(spec: DistillationSearchSpec, trials: list[ObservedTrial], digest: str) -> bool:
+    """Whether the space needs the teacher's depth, which only a pod reads (the operator never reads
+    models), while no trial has started under this template and space (its trainer checks it)."""
+    return (spec.space.keep_layers is not None and known_depth(spec) is None
+            and not any(t.template_digest == digest for t in trials))
+
+
+def space_check_manifest(obs: SearchObserved, spec: DistillationSearchSpec, digest: str) -> dict[str, Any]:
+    """The dry run of the space's deepest student (spec.dryRun): if the teacher has that many layers,
+    every keepLayers of the space fits. Raises ValueError naming the field for an invalid point."""
+    deepest = TrialParams(keep_layers=spec.space.keep_layers.max)
+    base = spec.template.output.uri.rstrip("/")
+    job_spec = trial_spec(spec.template, deepest, output_uri=f"{base}/space-check",
+                          cache_uri=spec.template.output.cache_uri or f"{base}/cache", targets=trial_targets(spec))
+    job_spec.dry_run = True
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "DistillationJob",
+        "metadata": {
+            "name": sn.space_check_name(obs.name, digest),
+            "namespace": obs.namespace,
+            "labels": {sn.LABEL_SPACE_CHECK: obs.name, naming.LABEL_MANAGED_BY: naming.MANAGER,
+                       naming.LABEL_COMPONENT: sn.COMPONENT_SPACE_CHECK},
+            "annotations": {sn.ANNOTATION_TEMPLATE_DIGEST: digest},
+            "ownerReferences": [owner_reference(obs)],
+        },
+        "spec": job_spec.to_wire(),
+    }
+
+
+def space_check_outcome(spec: DistillationSearchSpec, name: str,
+                        check: Mapping) -> tuple[SpaceCheck, tuple[str, str] | None]:
+    """The check's line in the status and, when it failed, why the search fails."""
+    status = check.get("status") or {}
+    phase = status.get("phase")
+    message = status.get("message") if isinstance(status.get("message"), str) else None
+    if phase == "Succeeded":
+        return SpaceCheck(job=name, phase="Passed", message=message), None
+    if phase != "Failed":
+        return SpaceCheck(job=name, phase="Running", message="a dry run of the space's deepest student"), None
+    cond = next((c for c in status.get("conditions") or [] if c.get("type") == SUCCEEDED), {})
+    reason = cond.get("reason") or "Failed"
+    message = message or reason
+    deepest = spec.space.keep_layers.max
+    if "keepLayers" in message:
+        failure = ("InvalidSpace", f"space.keepLayers.max {deepest}: the teacher cannot give the space's deepest "
+                                   f"student (dry run {name}: {message})")
+    else:
+        failure = ("SpaceCheckFailed", f"the dry run {name} that checks the space (keepLayers {deepest}) "
+                                       f"failed ({reason}): {message}")
+    return SpaceCheck(job=name, phase="Failed", message=message[:TRIAL_MESSAGE_CHARS]), failure
+
+
 def template_digest_of(spec: DistillationSearchSpec) -> str:
     return sn.template_digest(spec.template.to_wire(), spec.space.to_wire())
 
@@ -278,13 +354,16 @@ def finished(obs: SearchObserved) -> bool:
 
 
 def decide_search(obs: SearchObserved, jobs: list[Mapping], students: list[Mapping] | None,
-                  now: datetime, problem: tuple[str, str] | None = None) -> list[SearchAction]:
+                  now: datetime, problem: tuple[str, str] | None = None,
+                  check: Mapping | None = None) -> list[SearchAction]:
     """One look at a search.
 
     `jobs` are its trials as stored (a fresh LIST), `students` the StudentModels of its frontier
     group (None: not read; the decision asks for them with ReadRegistry when it needs them),
     `now` the time the deadline is measured against, `problem` (reason, message) one met while
-    executing the previous decision (a trial the API server refused) that fails the search."""
+    executing the previous decision (a trial the API server refused) that fails the search,
+    `check` the space's check job as stored ({} when there is none; None: not read, the decision
+    asks for it with ReadSpaceCheck before the first trial when the space needs the teacher)."""
     if finished(obs):
         return []
     started_at = parse_time(obs.status.get("startTime")) or now
@@ -302,12 +381,30 @@ def decide_search(obs: SearchObserved, jobs: list[Mapping], students: list[Mappi
     running = [t for t in trials if not t.final]
     next_index = max([t.index + 1 for t in trials] + [_count(obs.status.get("trialsStarted"))])
     creates: list[CreateTrial] = []
-    failure = problem or _invalid_trial(trials, template_digest_of(spec)) or _invalid_space(spec)
+    digest = template_digest_of(spec)
+    failure = problem or _invalid_trial(trials, digest) or _invalid_space(spec)
     ending = None
+    space_check = _recorded_space_check(obs)
+    checking = None
     if failure is None:
         ending = _ending(spec, next_index, started_at, now)
         slots = min(spec.budget.parallel_trials - len(running), spec.budget.max_trials - next_index)
-        if ending is None and slots > 0:
+        if ending is None and slots > 0 and needs_space_check(spec, trials, digest):
+            name = sn.space_check_name(obs.name, digest)
+            if check is None:
+                return [ReadSpaceCheck(name)]
+            if not check:
+                try:
+                    creates.append(CreateSpaceCheck(space_check_manifest(obs, spec, digest)))
+                    check = {"status": {}}
+                except ValueError as err:
+                    failure = ("InvalidSpace", f"space.keepLayers.max: the space's deepest student is not a "
+                                               f"valid job: {err}")
+            if failure is None:
+                space_check, failure = space_check_outcome(spec, name, check)
+                if space_check.phase != "Passed":
+                    slots, checking = 0, f"checking the space against the teacher first (dry run {name})"
+        if failure is None and ending is None and slots > 0:
             if spec.learn_from_registry and students is None:
                 return [ReadRegistry(frontier_group_of(spec))]
             planned = _plan(obs, spec, trials, rows, registry.live(students or []), next_index, slots)
@@ -318,6 +415,8 @@ def decide_search(obs: SearchObserved, jobs: list[Mapping], students: list[Mappi
                 if exhausted and not creates:
                     ending = "every point of the space has been tried"
     for create in creates:
+        if isinstance(create, CreateSpaceCheck):
+            continue
         meta = create.manifest["metadata"]
         trials.append(ObservedTrial(
             name=meta["name"], index=int(meta["labels"][sn.LABEL_TRIAL_INDEX]),
@@ -325,7 +424,7 @@ def decide_search(obs: SearchObserved, jobs: list[Mapping], students: list[Mappi
             seeded=meta["annotations"][sn.ANNOTATION_SEEDED] == "true",
             seeded_from=meta["annotations"].get(sn.ANNOTATION_SEEDED_FROM), status={}))
         rows.append(trial_row(trials[-1]))
-    status = _status(obs, spec, trials, rows, failure, ending, started_at, now)
+    status = _status(obs, spec, trials, rows, failure, ending, started_at, now, space_check, checking)
     actions: list[SearchAction] = list(creates)
     patch = status_patch(obs.status, status.to_wire())
     if patch:
@@ -368,10 +467,18 @@ def _invalid_trial(trials: list[ObservedTrial], digest: str) -> tuple[str, str] 
 
 
 def _invalid_space(spec: DistillationSearchSpec) -> tuple[str, str] | None:
-    # The operator cannot read the teacher's depth: the first trial's trainer refuses a keepLayers
-    # beyond it (InvalidInput), which fails the search through _invalid_trial.
-    problems = check_space(spec, None)
+    # Without a built-in architecture the operator cannot know the teacher's depth: the space's
+    # check (a dry run, space_check_manifest) finds a keepLayers beyond it before any trial.
+    problems = check_space(spec, known_depth(spec))
     return ("InvalidSpace", "; ".join(problems)) if problems else None
+
+
+def _recorded_space_check(obs: SearchObserved) -> SpaceCheck | None:
+    """The check the status already shows (kept once trials run, when it is no longer looked at)."""
+    try:
+        return SpaceCheck.model_validate(obs.status["spaceCheck"]) if obs.status.get("spaceCheck") else None
+    except ValidationError:
+        return None
 
 
 def _ending(spec: DistillationSearchSpec, started: int, started_at: datetime, now: datetime) -> str | None:
@@ -410,7 +517,8 @@ def _plan(obs: SearchObserved, spec: DistillationSearchSpec, trials: list[Observ
 
 def _status(obs: SearchObserved, spec: DistillationSearchSpec, trials: list[ObservedTrial], rows: list[SearchTrial],
             failure: tuple[str, str] | None, ending: str | None, started_at: datetime,
-            now: datetime) -> DistillationSearchStatus:
+            now: datetime, space_check: SpaceCheck | None = None,
+            checking: str | None = None) -> DistillationSearchStatus:
     frontier = frontier_of(rows, spec.objectives)
     on_frontier = set(frontier)
     rows = [r.model_copy(update={"on_frontier": r.name in on_frontier}) for r in rows]
@@ -419,11 +527,11 @@ def _status(obs: SearchObserved, spec: DistillationSearchSpec, trials: list[Obse
     succeeded = sum(1 for t in trials if t.phase == "Succeeded")
     failed = sum(1 for t in trials if t.phase == "Failed")
     started = max([t.index + 1 for t in trials] + [_count(obs.status.get("trialsStarted"))])
-    outcome = _outcome(spec, best, failure, ending, running, succeeded + failed)
+    outcome = _outcome(spec, best, failure, ending, running, succeeded + failed, checking)
     total = max(1, min(spec.budget.max_trials, grid_size(spec.space) or spec.budget.max_trials))
     done = outcome.phase in FINAL and running == 0
     percent = 100.0 if done else round(min(100.0, 100.0 * (succeeded + failed) / total), 2)
-    summary = f"{succeeded + failed} of {total} trials finished, {running} running"
+    summary = checking or f"{succeeded + failed} of {total} trials finished, {running} running"
     if failed:
         summary += f", {failed} failed"
     if best is not None:
@@ -450,6 +558,7 @@ def _status(obs: SearchObserved, spec: DistillationSearchSpec, trials: list[Obse
         best_trial=best.name if best else None,
         student_model=best.student_model if best else None,
         seeded_from=seeded_from,
+        space_check=space_check,
         start_time=format_time(started_at),
         completion_time=(obs.status.get("completionTime") or format_time(now)) if done else None,
         message=outcome.succeeded[2][:2048],
@@ -457,13 +566,13 @@ def _status(obs: SearchObserved, spec: DistillationSearchSpec, trials: list[Obse
 
 
 def _outcome(spec: DistillationSearchSpec, best: SearchTrial | None, failure: tuple[str, str] | None,
-             ending: str | None, running: int, finished_count: int) -> _Outcome:
+             ending: str | None, running: int, finished_count: int, checking: str | None = None) -> _Outcome:
     if failure is not None:
         reason, message = failure
         return _Outcome("Failed", (False, reason, message), (True, reason, message))
     if ending is None or running:
         phase = "Running" if running or finished_count else "Pending"
-        why = f"no more trials start: {ending}; waiting for {running} running" if ending else "searching"
+        why = f"no more trials start: {ending}; waiting for {running} running" if ending else (checking or "searching")
         return _Outcome(phase, (None, phase, why), (False, "Progressing", ""))
     if best is not None:
         model = f" (StudentModel {best.student_model})" if best.student_model else ""
@@ -516,7 +625,7 @@ def status_patch(observed: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict
     return patch
 
 
-__all__ = ["CreateTrial", "INVALID_TRIAL_REASONS", "ObservedTrial", "PatchSearchStatus", "ReadRegistry",
+__all__ = ["CreateSpaceCheck", "CreateTrial", "ReadSpaceCheck", "INVALID_TRIAL_REASONS", "ObservedTrial", "PatchSearchStatus", "ReadRegistry",
            "SearchAction", "SearchObserved", "decide_search", "finished", "finished_after", "frontier_group_of",
            "name_taken", "observed_trials", "trial_refused",
            "status_patch", "trial_manifest", "trial_row"]

@@ -28,6 +28,7 @@ from distillery.controller.search_decide import (
     CreateTrial,
     PatchSearchStatus,
     ReadRegistry,
+    ReadSpaceCheck,
     SearchObserved,
     decide_search,
     finished,
@@ -48,6 +49,16 @@ _looking: dict[str, asyncio.Lock] = {}
 def list_trials(kube: Any, namespace: str, search: str) -> list[dict]:
     return kube.custom.list_namespaced_custom_object(
         GROUP, VERSION, namespace, JOBS, label_selector=sn.trial_selector(search)).get("items", [])
+
+
+def read_job(kube: Any, namespace: str, name: str) -> dict:
+    """A DistillationJob as stored; {} when there is none."""
+    try:
+        return kube.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, JOBS, name)
+    except ApiException as err:
+        if err.status != 404:
+            raise
+    return {}
 
 
 def create_trial(kube: Any, manifest: dict) -> dict | None:
@@ -83,21 +94,32 @@ def group_students(ctx: OperatorContext, index, namespace: str, group: str) -> l
 
 
 async def look(ctx: OperatorContext, obs: SearchObserved, body, patch, students_index) -> None:
-    """List the trials, decide, and execute; again with the registry when the decision asks."""
+    """List the trials, decide, and execute; again with the space's check job or the registry
+    when the decision asks for them."""
     try:
         jobs = await ctx.api(list_trials, ctx.kube, obs.namespace, obs.name)
     except ApiException as err:
         raise _trouble(err, "listing the search's trials") from None
-    # In a thread: the sampler rebuilds an Optuna study, which must not hold up the event loop.
-    actions = await asyncio.to_thread(decide_search, obs, jobs, None, datetime.now(UTC))
-    asked = [a for a in actions if isinstance(a, ReadRegistry)]
-    if asked:
-        students = group_students(ctx, students_index, obs.namespace, asked[0].group)
-        actions = await asyncio.to_thread(decide_search, obs, jobs, students, datetime.now(UTC))
-    await execute(ctx, obs, body, patch, jobs, actions)
+    students = check = None
+    for _ in range(3):  # at most: the check, the registry, the decision
+        # In a thread: the sampler rebuilds an Optuna study, which must not hold up the event loop.
+        actions = await asyncio.to_thread(decide_search, obs, jobs, students, datetime.now(UTC), None, check)
+        wanted_check = [a for a in actions if isinstance(a, ReadSpaceCheck)]
+        wanted_students = [a for a in actions if isinstance(a, ReadRegistry)]
+        if wanted_check:
+            try:
+                check = await ctx.api(read_job, ctx.kube, obs.namespace, wanted_check[0].name)
+            except ApiException as err:
+                raise _trouble(err, f"reading the space's check {wanted_check[0].name}") from None
+        elif wanted_students:
+            students = group_students(ctx, students_index, obs.namespace, wanted_students[0].group)
+        else:
+            break
+    await execute(ctx, obs, body, patch, actions, check)
 
 
-async def execute(ctx: OperatorContext, obs: SearchObserved, body, patch, jobs: list[dict], actions: list) -> None:
+async def execute(ctx: OperatorContext, obs: SearchObserved, body, patch, actions: list,
+                  check: dict | None) -> None:
     """Create the trials first, then the status (kopf patches it after the handler), then Events.
     A trial the API server refuses, or whose name another job holds, fails the search instead."""
     for action in actions:
@@ -113,7 +135,7 @@ async def execute(ctx: OperatorContext, obs: SearchObserved, body, patch, jobs: 
         else:
             if holder is None:
                 log.info("search %s/%s: created trial %s", obs.namespace, obs.name, action.name)
-            elif ((holder.get("metadata") or {}).get("labels") or {}).get(sn.LABEL_SEARCH) != obs.name:
+            elif ((holder.get("metadata") or {}).get("labels") or {}).get(action.owner_label) != obs.name:
                 problem = search_decide.name_taken(obs, action.name)
         if problem is not None:
             # Listed again: the trials this look created before the refusal belong in the table.
@@ -121,7 +143,7 @@ async def execute(ctx: OperatorContext, obs: SearchObserved, body, patch, jobs: 
                 jobs = await ctx.api(list_trials, ctx.kube, obs.namespace, obs.name)
             except ApiException as err:
                 raise _trouble(err, "listing the search's trials") from None
-            actions = await asyncio.to_thread(decide_search, obs, jobs, [], datetime.now(UTC), problem)
+            actions = await asyncio.to_thread(decide_search, obs, jobs, [], datetime.now(UTC), problem, check)
             break
     for action in actions:
         if isinstance(action, PatchSearchStatus):

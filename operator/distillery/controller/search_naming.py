@@ -24,6 +24,10 @@ ANNOTATION_SEEDED_FROM = f"{GROUP}/trial-seeded-from"
 # fails the search only while they are unchanged, so fixing the spec lets the search go on.
 ANNOTATION_TEMPLATE_DIGEST = f"{GROUP}/trial-template-digest"
 COMPONENT_TRIAL = "search-trial"
+# The dry run that checks a search's space against its teacher before the first trial. Its own
+# label, not LABEL_SEARCH: it is not a trial, and listing the trials must not find it.
+LABEL_SPACE_CHECK = f"{GROUP}/space-check-of"
+COMPONENT_SPACE_CHECK = "search-space-check"
 
 # A label value holds at most 63 characters, and every trial carries its search's name as one.
 MAX_SEARCH_NAME = 63
@@ -31,6 +35,11 @@ MAX_SEARCH_NAME = 63
 
 def trial_name(search_name: str, index: int) -> str:
     return f"{search_name}-t{index:03d}"
+
+
+def space_check_name(search_name: str, digest: str) -> str:
+    """One check per template and space: an edit of either gets a check of its own."""
+    return f"{search_name}-check-{digest[:8]}"
 
 
 def trial_selector(search_name: str) -> str:

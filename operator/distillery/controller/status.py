@@ -2,7 +2,7 @@
 
 Each builder returns a :class:`StatusPatch`: the typed status (``DistillationJobStatus``) plus
 the fields a merge patch must clear (``to_wire()`` leaves unset fields out, and a left-out field
-keeps its old value in a merge patch).
+keeps its old value in a merge patch, inside an object such as ``progress`` too).
 """
 
 from __future__ import annotations
@@ -26,14 +26,27 @@ class StatusPatch:
     """A status to merge into the object's, and the fields (snake_case) it removes."""
 
     status: DistillationJobStatus
-    cleared: tuple[str, ...] = ()
+    cleared: tuple[str, ...] = ()  # "progress.ranks": a field of an object the status sets
 
     def to_wire(self) -> dict[str, Any]:
-        return {**{to_camel(f): None for f in self.cleared}, **self.status.to_wire()}
+        wire = self.status.to_wire()
+        for path in self.cleared:
+            *parents, leaf = [to_camel(name) for name in path.split(".")]
+            node = wire
+            for name in parents:
+                node = node.setdefault(name, {})
+            node.setdefault(leaf, None)
+        return wire
 
     @property
     def phase(self) -> str | None:
         return self.status.phase.value if self.status.phase else None
+
+
+def progress_cleared(progress: Progress) -> tuple[str, ...]:
+    """The progress fields this one leaves unset: cleared, or an earlier progress's (the ranks of a
+    distributed run that have since caught up, a read error's message) would stay in the status."""
+    return tuple(f"progress.{name}" for name in Progress.model_fields if getattr(progress, name) is None)
 
 
 def now_iso() -> str:
@@ -66,20 +79,21 @@ _RESULT_FIELDS = ("completion_time", "accepted", "decision", "message", "student
 def started(generation: int, trainer_job: str, previous: list[dict] | None, queued: bool,
             world_size: int = 1) -> StatusPatch:
     reason = "Queued" if queued else "TrainerJobCreated"
+    progress = Progress(stage="pending", percent=0.0)
     return StatusPatch(DistillationJobStatus(
         observed_generation=generation,
         phase=Phase.PENDING,
         trainer_job=trainer_job,
         world_size=world_size,
         start_time=now_iso(),
-        progress=Progress(stage="pending", percent=0.0),
+        progress=progress,
         conditions=conditions(
             generation, previous,
             succeeded=(None, reason, f"trainer Job {trainer_job} created"),
             accepted=(None, "Pending", "not measured yet"),
             ready=(False, "Pending", "no student yet"),
             stalled=(False, "Progressing", "")),
-    ), cleared=_RESULT_FIELDS)
+    ), cleared=_RESULT_FIELDS + progress_cleared(progress))
 
 
 def waiting(generation: int, reason: str, message: str, previous: list[dict] | None) -> StatusPatch:
@@ -100,17 +114,18 @@ def waiting(generation: int, reason: str, message: str, previous: list[dict] | N
 def running(generation: int, progress: Progress | Mapping | None, previous: list[dict] | None) -> StatusPatch:
     if isinstance(progress, Mapping):
         progress = Progress.model_validate(progress)
-    stage = progress.stage if progress and progress.stage else "running"
+    progress = progress or Progress(stage="running", percent=0.0)
+    stage = progress.stage or "running"
     return StatusPatch(DistillationJobStatus(
         phase=Phase.RUNNING,
-        progress=progress or Progress(stage="running", percent=0.0),
+        progress=progress,
         conditions=conditions(
             generation, previous,
             succeeded=(None, "Running", f"trainer is {stage}"),
             accepted=(None, "Pending", "not measured yet"),
             ready=(False, "Pending", "no student yet"),
             stalled=(False, "Progressing", "")),
-    ))
+    ), cleared=progress_cleared(progress))
 
 
 def failed(generation: int, reason: str, message: str, previous: list[dict] | None) -> StatusPatch:
@@ -126,6 +141,23 @@ def failed(generation: int, reason: str, message: str, previous: list[dict] | No
             accepted=(False, reason, "the trainer did not finish"),
             ready=(False, reason, "no student"),
             stalled=(True, reason, message)),
+    ))
+
+
+def checked(generation: int, message: str, previous: list[dict] | None) -> StatusPatch:
+    """A dry run whose checks passed: done, and nothing to accept or register."""
+    return StatusPatch(DistillationJobStatus(
+        observed_generation=generation,
+        phase=Phase.SUCCEEDED,
+        completion_time=now_iso(),
+        progress=Progress(stage="done", percent=100.0),
+        message=message[:2048],
+        conditions=conditions(
+            generation, previous,
+            succeeded=(True, "Checked", message),
+            accepted=(None, "DryRun", "a dry run trains and measures nothing"),
+            ready=(False, "DryRun", "no student: a dry run trains nothing"),
+            stalled=(False, "Completed", "")),
     ))
 
 
@@ -160,4 +192,4 @@ def finished(generation: int, result: TrainerResult, accepted: bool, reasons: li
             ready=(bool(accepted and student_model), "Registered" if student_model else verdict,
                    f"StudentModel {student_model}" if student_model else "no StudentModel registered"),
             stalled=(False, "Completed", "")),
-    ), cleared=() if student_model else ("student_model",))
+    ), cleared=("progress.ranks",) + (() if student_model else ("student_model",)))

@@ -32,6 +32,16 @@ def for_generation(job: DistillationJob, generation: int) -> DistillationJob:
     return job.model_copy(update={"spec": spec})
 
 
+def for_dry_run(job: DistillationJob) -> DistillationJob:
+    """A dry run reads files and trains nothing: one pod, one process, no GPU, whatever the spec asks
+    for its training (the stored spec is never changed)."""
+    if not job.spec.dry_run:
+        return job
+    spec = job.spec.model_copy(deep=True)
+    spec.resources = spec.resources.model_copy(update={"gpus": 0, "workers": None, "processes_per_worker": None})
+    return job.model_copy(update={"spec": spec})
+
+
 def trainer_env(job: DistillationJob, settings: Settings, student_base_uri: str | None = None) -> list[dict[str, Any]]:
     """The job document travels as JSON in DISTILLERY_JOB; credentials only by Secret reference;
     the weights of student.base.studentModel, resolved by the operator, beside it."""

@@ -189,6 +189,8 @@ def check_space(spec: DistillationSearchSpec, teacher_layers: int | None) -> lis
         return ["space sets no dimension (set at least one of keepLayers, keepRatio, method, "
                 "importanceMetric, int8, temperature, alpha, learningRate, epochs)"]
     problems: list[str] = []
+    if template.dry_run:
+        problems.append("template.dryRun: a search's trials must train; remove it from the template")
     methods = dims.get("method", [template.student.method])
     if ExtractionMethod.EXPLICIT in methods:
         where = "space.method" if "method" in dims else "template.student.method"

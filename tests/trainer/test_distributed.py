@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -21,7 +22,7 @@ from safetensors.torch import load_file
 from distillery_trainer.distributed import World, shard, share_range, shared_outputs, world_from_env
 from distillery_trainer.encode import Encoded
 from distillery_trainer.errors import InputError
-from distillery_trainer.outputs import TeacherOutputs
+from distillery_trainer.outputs import OutputWriter, TeacherOutputs
 from tests.digits import digits_job_document
 
 # Summation order differs (two half-batch means, then an average of gradients), so losses drift
@@ -95,21 +96,24 @@ def test_world_comes_from_torchruns_environment():
         world_from_env({"RANK": "2", "WORLD_SIZE": "2"})
 
 
-def _share_in_group(rank: int, store_path: str, fail_on: int | None, results) -> None:
-    """One rank of a real two-process gloo group running shared_outputs over 7 rows."""
+def _share_in_group(rank: int, store_path: str, fail_on: int | None, results, work: str, chunk_rows: int) -> None:
+    """One rank of a real two-process gloo group running shared_outputs over 7 rows (and 2)."""
     import torch.distributed as dist
 
     dist.init_process_group("gloo", store=dist.FileStore(store_path, 2), rank=rank, world_size=2)
     try:
         data = Encoded({"features": torch.arange(14.0).reshape(7, 2)}, None)
 
-        def compute(part: Encoded) -> TeacherOutputs:
+        def compute(part: Encoded, into: Path) -> TeacherOutputs:
             if rank == fail_on:
                 raise InputError("teacher.uri: a broken teacher file")
-            return TeacherOutputs(part.tensors["features"] * 10, None)
+            writer = OutputWriter(into, len(part))  # as the teacher does: the share on disk
+            writer.add(TeacherOutputs(part.tensors["features"] * 10, None))
+            return writer.finish()
 
         try:
-            out = shared_outputs(compute, [data, data.rows(torch.arange(2))], World(rank, 2))
+            out = shared_outputs(compute, [data, data.rows(torch.arange(2))], World(rank, 2),
+                                 Path(work) / f"rank{rank}", chunk_rows)
             results.put((rank, None if out is None else [o.logits.tolist() for o in out]))
         except Exception as err:  # noqa: BLE001 - reported to the test
             results.put((rank, f"{type(err).__name__}: {err}"))
@@ -117,12 +121,13 @@ def _share_in_group(rank: int, store_path: str, fail_on: int | None, results) ->
         dist.destroy_process_group()
 
 
-def share_in_group(tmp_path: Path, fail_on: int | None) -> dict:
+def share_in_group(tmp_path: Path, fail_on: int | None, chunk_rows: int = 1024) -> dict:
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_share_in_group, args=(rank, str(tmp_path / "store"), fail_on, results))
+    procs = [ctx.Process(target=_share_in_group, args=(rank, str(tmp_path / "store"), fail_on, results,
+                                                       str(tmp_path / "work"), chunk_rows))
              for rank in range(2)]
     for proc in procs:
         proc.start()
@@ -136,6 +141,17 @@ def test_rank_0_gathers_every_share_in_row_order(tmp_path):
     got = share_in_group(tmp_path, fail_on=None)
     assert got[1] is None
     assert got[0] == [(torch.arange(14.0).reshape(7, 2) * 10).tolist(), [[0.0, 10.0], [20.0, 30.0]]]
+
+
+def test_rank_0_receives_the_shares_chunk_by_chunk_into_files_on_disk(tmp_path):
+    """Shares of 4 and 3 rows (and 1 and 1) sent 2 rows at a time: rank 0 never holds a whole
+    share, and what it returns is the memory-mapped file it wrote, in row order."""
+    got = share_in_group(tmp_path, fail_on=None, chunk_rows=2)
+    assert got[1] is None
+    assert got[0] == [(torch.arange(14.0).reshape(7, 2) * 10).tolist(), [[0.0, 10.0], [20.0, 30.0]]]
+    on_disk = np.load(tmp_path / "work" / "rank0" / "gathered-0" / "logits.npy", mmap_mode="r")
+    assert on_disk.tolist() == got[0][0]
+    assert not (tmp_path / "work" / "rank1" / "gathered-0").exists()  # only rank 0 gathers
 
 
 def test_a_share_refused_as_invalid_input_fails_rank_0_with_the_message(tmp_path):

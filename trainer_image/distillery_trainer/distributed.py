@@ -7,7 +7,8 @@ averages the gradients, so each step's gradient is the single-process one up to 
 float sums. The learning rate and its schedule count global steps, so nothing is rescaled.
 
 The roles: rank 0 runs the whole pipeline. It claims the output, reads the teacher outputs from
-the cache or has every rank compute a share of them (gathered by rank 0, which writes the cache),
+the cache or has every rank compute a share of them (sent to rank 0 in chunks and written to
+disk as they arrive; rank 0 writes the cache),
 computes the layer ranking, writes progress, checkpoints and artifacts, and evaluates, exports and
 benchmarks once. Every other rank loads the same inputs, computes its share of the teacher pass
 when asked, waits until rank 0 has a student, reads that student back through a checkpoint (the
@@ -20,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,7 +31,7 @@ from torch import nn
 from distillery_trainer.encode import Encoded
 from distillery_trainer.errors import InputError
 from distillery_trainer.nets import Net
-from distillery_trainer.outputs import TeacherOutputs
+from distillery_trainer.outputs import OutputWriter, TeacherOutputs
 
 # How long a rank waits in a collective, above all while rank 0 computes the layer ranking and an
 # ensemble's outputs alone, or checks cached teacher outputs; a large dataset can take this long.
@@ -147,34 +149,74 @@ def share_range(rows: int, world: World) -> range:
     return range(start, start + base + (1 if world.rank < extra else 0))
 
 
-def shared_outputs(compute: Callable[[Encoded], TeacherOutputs], splits: list[Encoded],
-                   world: World) -> list[TeacherOutputs] | None:
-    """The teacher's outputs on each split, every rank computing its share_range of each and rank 0
-    gathering them (in one collective): the whole outputs, in row order, on rank 0; None elsewhere.
+# Rows of outputs a rank sends rank 0 at a time: rank 0 holds one chunk in memory, never a share.
+GATHER_CHUNK_ROWS = 1024
 
-    Every rank joins the gather even when its share failed (a rank that left early would leave the
-    others waiting in it); rank 0 then raises the first failure, an InputError staying one."""
+
+def shared_outputs(compute: Callable[[Encoded, Path], TeacherOutputs], splits: list[Encoded], world: World,
+                   work: Path, chunk_rows: int = GATHER_CHUNK_ROWS) -> list[TeacherOutputs] | None:
+    """The teacher's outputs on each split, every rank computing its share_range of each (written
+    under `work` by `compute`) and sending it to rank 0 chunk by chunk, which writes them in row
+    order into memory-mapped files under `work`: the whole outputs on rank 0 (on disk, so rows
+    never bound by memory); None elsewhere.
+
+    First every rank says whether its share failed (every rank joins, so none is left waiting in a
+    send), then rank 0 raises the first failure, an InputError staying one."""
     import torch.distributed as dist
 
     failure: Exception | None = None
+    mine: list[TeacherOutputs | None] = []
     try:
-        mine: object = [compute(data.rows(torch.arange(share.start, share.stop))) if len(share) else None
-                        for data in splits for share in [share_range(len(data), world)]]
-    except Exception as err:  # noqa: BLE001 - rank 0 raises it after the gather
-        failure, mine = err, ("failed", isinstance(err, InputError), f"{type(err).__name__}: {err}")
-    gathered: list | None = [None] * world.size if world.main else None
-    dist.gather_object(mine, gathered, dst=0)
+        for i, data in enumerate(splits):
+            share = share_range(len(data), world)
+            rows = data.rows(torch.arange(share.start, share.stop)) if len(share) else None
+            mine.append(compute(rows, work / f"share-{i}") if rows is not None else None)
+    except Exception as err:  # noqa: BLE001 - rank 0 raises it once every rank has reported
+        failure = err
+    reports: list = [None] * world.size
+    dist.all_gather_object(reports, None if failure is None else
+                           (isinstance(failure, InputError), f"{type(failure).__name__}: {failure}"))
+    if any(report is not None for report in reports):
+        if not world.main:
+            return None  # rank 0 reports it and ends the run
+        if failure is not None:
+            raise failure
+        rank, (invalid, message) = next((r, report) for r, report in enumerate(reports) if report is not None)
+        raise (InputError if invalid else RuntimeError)(f"rank {rank}, computing its share of the teacher's "
+                                                        f"outputs: {message}")
     if not world.main:
+        for part in mine:
+            for chunk in _chunks(part, chunk_rows):
+                dist.send_object_list([chunk], dst=0)
         return None
-    if failure is not None:
-        raise failure
-    for rank, part in enumerate(gathered):
-        if isinstance(part, tuple):
-            _, invalid, message = part
-            raise (InputError if invalid else RuntimeError)(f"rank {rank}, computing its share of the teacher's "
-                                                            f"outputs: {message}")
-    return [TeacherOutputs.concat([shares[i] for shares in gathered if shares[i] is not None])
-            for i in range(len(splits))]
+    return [_receive_split(len(data), mine[i], world, work / f"gathered-{i}", chunk_rows)
+            for i, data in enumerate(splits)]
+
+
+def _chunks(part: TeacherOutputs | None, chunk_rows: int) -> Iterator[TeacherOutputs]:
+    rows = 0 if part is None else len(part)
+    for start in range(0, rows, chunk_rows):
+        yield part.rows(torch.arange(start, min(start + chunk_rows, rows)))
+
+
+def _receive_split(rows: int, own: TeacherOutputs | None, world: World, folder: Path,
+                   chunk_rows: int) -> TeacherOutputs:
+    """Rank 0: one split's outputs, its own share then each rank's in rank order (the rows in order),
+    written as they arrive."""
+    import torch.distributed as dist
+
+    writer = OutputWriter(folder, rows)
+    for rank in range(world.size):
+        if rank == 0:
+            for chunk in _chunks(own, chunk_rows):
+                writer.add(chunk)
+            continue
+        expected = len(share_range(rows, replace(world, rank=rank)))
+        for _ in range(0, expected, chunk_rows):
+            box: list = [None]
+            dist.recv_object_list(box, src=rank)
+            writer.add(box[0])
+    return writer.finish()
 
 
 def shard(index: torch.Tensor, world: World) -> tuple[torch.Tensor, float]:

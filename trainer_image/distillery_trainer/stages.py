@@ -257,7 +257,8 @@ def teacher_pass(ctx: RunContext, compute) -> tuple[TeacherOutputs, TeacherOutpu
         return one_process_pass(ctx, compute, "teacher")
     ctx.progress.log(f"the teacher's outputs: each of {ctx.world.size} processes computes a share of the rows")
     ctx.signal.send_teacher_pass()
-    train_out, eval_out = distributed.shared_outputs(compute, [ctx.train_data, ctx.eval_data], ctx.world)
+    train_out, eval_out = distributed.shared_outputs(compute, [ctx.train_data, ctx.eval_data], ctx.world,
+                                                     ctx.work / "outputs" / "teacher")
     return train_out, eval_out
 
 
@@ -270,7 +271,7 @@ def join_teacher_pass(ctx: RunContext) -> None:
 
         def compute(data: Encoded, into: Path | None = None, err=err) -> TeacherOutputs:
             raise err
-    distributed.shared_outputs(compute, [ctx.train_data, ctx.eval_data], ctx.world)
+    distributed.shared_outputs(compute, [ctx.train_data, ctx.eval_data], ctx.world, ctx.work / "outputs" / "teacher")
 
 
 def ensemble_outputs(ctx: RunContext, cache, prefix: str) -> EnsembleRun:

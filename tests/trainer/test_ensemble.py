@@ -53,6 +53,18 @@ def test_mix_keeps_the_rows_and_refuses_outputs_of_other_rows():
         mix([one, TeacherOutputs(logits=torch.randn(3, 3), pooled=None)], [1.0, 1.0], T)
 
 
+def test_a_split_is_mixed_a_chunk_at_a_time_into_memory_mapped_files(tmp_path, monkeypatch):
+    """Chunked (3 rows at a time over 10) and written to disk: the same mixture as all at once."""
+    import distillery_trainer.ensemble as ensemble
+
+    teachers = [TeacherOutputs(logits=torch.randn(10, 4), pooled=torch.randn(10, 6)) for _ in range(2)]
+    whole = mix(teachers, [1.0, 3.0], T)
+    monkeypatch.setattr(ensemble, "MIX_ROWS", 3)
+    on_disk = mix(teachers, [1.0, 3.0], T, tmp_path / "mixture")
+    assert torch.equal(on_disk.logits, whole.logits) and torch.equal(on_disk.pooled, whole.pooled)
+    assert np.array_equal(np.load(tmp_path / "mixture" / "logits.npy", mmap_mode="r"), whole.logits.numpy())
+
+
 # ----------------------------------------------------------------------------- runs
 
 

@@ -161,3 +161,36 @@ def test_a_student_model_named_as_base_is_read_from_what_the_operator_resolved(
     result = run(load_job(doc), progress=quiet())
     assert result.incremental.parent == str(old_student)
     assert result.incremental.previous_accuracy_before > 0.9  # the parent's weights were loaded
+
+
+def test_replayed_rows_stay_on_disk_and_come_after_the_new_ones(tmp_path):
+    """Texts left in their JSONL files are read in turn (no copy in memory); features are copied a
+    chunk at a time into a memory-mapped file."""
+    import json
+
+    from distillery_trainer.data import JoinedTextRows, Split, TextRows
+    from distillery_trainer.loading import with_replay
+
+    def text_split(name: str, texts: list[str]) -> Split:
+        path = tmp_path / f"{name}.jsonl"
+        lines = [json.dumps({"text": t}).encode() + b"\n" for t in texts]
+        path.write_bytes(b"".join(lines))
+        offsets = np.cumsum([0] + [len(line) for line in lines[:-1]]).astype(np.int64)
+        return Split(name=name, text_rows=TextRows(path, offsets, "text"), raw_labels=list(range(len(texts))),
+                     labels=np.arange(len(texts)))
+
+    new, old = text_split("new", [f"new {i}" for i in range(5)]), text_split("old", [f"old {i}" for i in range(8)])
+    joined, count = with_replay(new, old, 0.8, seed=3, work=tmp_path / "work")
+    assert count == 4 and isinstance(joined.text_rows, JoinedTextRows) and joined.texts is None
+    texts = [t for chunk in joined.text_chunks(3) for t in chunk]
+    assert texts[:5] == [f"new {i}" for i in range(5)]
+    picked = [int(t.split()[1]) for t in texts[5:]]
+    assert len(texts) == 9 and picked == sorted(picked) and all(t.startswith("old ") for t in texts[5:])
+    assert joined.labels.tolist() == list(range(5)) + picked  # each old row keeps its own label
+
+    features = Split(name="new", features=np.arange(10.0).reshape(5, 2), raw_labels=[0] * 5, labels=np.zeros(5))
+    olds = Split(name="old", features=-np.arange(16.0).reshape(8, 2), raw_labels=[1] * 8, labels=np.ones(8))
+    joined, count = with_replay(features, olds, 0.4, seed=3, work=tmp_path / "work")
+    assert isinstance(joined.features, np.memmap) and count == 2
+    assert joined.features[:5].tolist() == features.features.tolist()
+    assert all(row[0] <= 0 for row in joined.features[5:]) and joined.labels.tolist() == [0] * 5 + [1] * 2

@@ -56,6 +56,32 @@ class TextRows:
                 yield texts
 
 
+    def subset(self, rows: list[int]) -> TextRows:
+        """These rows only, still in the file."""
+        return TextRows(self.path, self.offsets[rows], self.field)
+
+
+@dataclass
+class JoinedTextRows:
+    """Several TextRows read one after another (a train split and the old rows it replays)."""
+
+    parts: list[TextRows]
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self.parts)
+
+    def chunks(self, size: int) -> Iterator[list[str]]:
+        pending: list[str] = []
+        for part in self.parts:
+            for texts in part.chunks(size):
+                pending.extend(texts)
+                while len(pending) >= size:
+                    yield pending[:size]
+                    pending = pending[size:]
+        if pending:
+            yield pending
+
+
 @dataclass
 class Split:
     """One split: texts (for text tasks; in memory, or `text_rows` left in the file) or a feature
@@ -66,7 +92,7 @@ class Split:
     features: np.ndarray | None = None
     raw_labels: list | None = None  # as found in the file (ints or class names)
     labels: np.ndarray | None = None  # int64 class ids once mapped by a LabelMap
-    text_rows: TextRows | None = None
+    text_rows: TextRows | JoinedTextRows | None = None
 
     def __len__(self) -> int:
         if self.texts is not None:
@@ -87,8 +113,7 @@ class Split:
             yield from self.text_rows.chunks(size)
 
     def all_texts(self) -> list[str]:
-        """Every text in memory (for the steps that need them together: packing LM blocks,
-        zero-shot prompts, replay)."""
+        """Every text in memory (for the steps that need them together: zero-shot prompts)."""
         return [text for chunk in self.text_chunks() for text in chunk]
 
 

@@ -25,12 +25,13 @@ one teacher with large logits decide alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from distillery.api.result import EnsembleMember, EnsembleReport
 from distillery_trainer.errors import InputError
-from distillery_trainer.outputs import TeacherOutputs
+from distillery_trainer.outputs import OutputWriter, TeacherOutputs
 
 
 @dataclass
@@ -102,11 +103,34 @@ def mix_top_k(logprobs: list[torch.Tensor], ids: list[torch.Tensor], weights: li
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def mix(outputs: list[TeacherOutputs], weights: list[float], temperature: float) -> TeacherOutputs:
-    """The ensemble's outputs on one split, from each teacher's (all of one task, same rows)."""
+# Rows of logits or embeddings mixed at a time (top-k lists go TOP_K_MIX_ROWS at a time).
+MIX_ROWS = 4096
+
+
+def mix(outputs: list[TeacherOutputs], weights: list[float], temperature: float,
+        into: Path | None = None) -> TeacherOutputs:
+    """The ensemble's outputs on one split, from each teacher's (all of one task, same rows), mixed
+    a chunk of rows at a time; with `into`, written there as memory-mapped files as they are mixed
+    (a large split's mixture never sits in memory, like a teacher's outputs)."""
     first = outputs[0]
     if any(len(o) != len(first) for o in outputs):
         raise ValueError("the teachers' outputs cover different rows")
+    step = TOP_K_MIX_ROWS if first.topk_ids is not None else MIX_ROWS
+    writer = OutputWriter(into, len(first)) if into is not None else None
+    parts = []
+    for start in range(0, len(first), step):
+        index = torch.arange(start, min(start + step, len(first)))
+        part = _mix_chunk([o.rows(index) for o in outputs], weights, temperature)
+        if writer is not None:
+            writer.add(part)
+        else:
+            parts.append(part)
+    return writer.finish() if writer is not None else TeacherOutputs.concat(parts)
+
+
+def _mix_chunk(outputs: list[TeacherOutputs], weights: list[float], temperature: float) -> TeacherOutputs:
+    """mix on a few rows."""
+    first = outputs[0]
     logits = pooled = None
     if first.topk_ids is not None:  # cached at T already
         logprobs, ids = mix_top_k([o.topk_logprobs for o in outputs], [o.topk_ids for o in outputs], weights)

@@ -22,7 +22,16 @@ from distillery.api.job import (
     TeacherFormat,
 )
 from distillery.store import StoreError, materialize
-from distillery_trainer.data import LabelMap, Split, read_jsonl, read_npz, read_split
+from distillery_trainer.data import (
+    CHUNK_ROWS,
+    JoinedTextRows,
+    LabelMap,
+    Split,
+    TextRows,
+    read_jsonl,
+    read_npz,
+    read_split,
+)
 from distillery_trainer.encode import TEXT_CHUNK_ROWS, Encoded, encode_features, encode_text
 from distillery_trainer.errors import InputError
 from distillery_trainer.teacher import TEXT_TASKS
@@ -233,7 +242,8 @@ def load_inputs(job: DistillationJob, work: Path) -> Inputs:
     ensemble = load_ensemble(job, work, labels, tokenizer)
     replayed = 0
     if previous is not None and spec.incremental.replay_share > 0:
-        train, replayed = with_replay(train, previous[0], spec.incremental.replay_share, spec.distillation.seed)
+        train, replayed = with_replay(train, previous[0], spec.incremental.replay_share, spec.distillation.seed,
+                                      work / "replay")
     return Inputs(teacher_path, train, evals, labels, tokenizer, base_path, ensemble,
                   previous_train=previous[0] if previous else None, previous_eval=previous[1] if previous else None,
                   replayed_rows=replayed)
@@ -256,20 +266,38 @@ def read_previous(job: DistillationJob, work: Path, labelled: bool = True) -> tu
     return splits[0], splits[1]
 
 
-def with_replay(train: Split, old: Split, share: float, seed: int) -> tuple[Split, int]:
+def with_replay(train: Split, old: Split, share: float, seed: int, work: Path) -> tuple[Split, int]:
     """The new train split plus round(share * its rows) old rows, drawn without replacement
-    (seeded; all of them when the share asks for more than there are)."""
+    (seeded; all of them when the share asks for more than there are). Texts left in their files
+    stay there (read in turn); features are copied a chunk at a time into a memory-mapped file
+    under `work`."""
     count = min(len(old), round(share * len(train)))
     pick = sorted(np.random.default_rng(seed).choice(len(old), size=count, replace=False).tolist())
     labelled = train.labels is not None and old.labels is not None  # a causal LM's text has none
     joined = Split(name=train.name, labels=np.concatenate([train.labels, old.labels[pick]]) if labelled else None,
                    raw_labels=train.raw_labels + [old.raw_labels[i] for i in pick] if labelled else None)
-    if train.is_text:
+    if train.text_rows is not None and old.text_rows is not None and isinstance(old.text_rows, TextRows):
+        joined.text_rows = JoinedTextRows([train.text_rows, old.text_rows.subset(pick)])
+    elif train.is_text:
         old_texts = old.all_texts()
         joined.texts = train.all_texts() + [old_texts[i] for i in pick]
     else:
-        joined.features = np.concatenate([train.features, old.features[pick]])
+        joined.features = joined_features(train.features, old.features, pick, work / "replay-features.npy")
     return joined, count
+
+
+def joined_features(first: np.ndarray, second: np.ndarray, pick: list[int], path: Path) -> np.ndarray:
+    """`first` then `second[pick]` in one memory-mapped array at `path`, copied CHUNK_ROWS at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=first.dtype, shape=(len(first) + len(pick), *first.shape[1:]))
+    for start in range(0, len(first), CHUNK_ROWS):
+        part = first[start:start + CHUNK_ROWS]
+        out[start:start + len(part)] = part
+    for start in range(0, len(pick), CHUNK_ROWS):
+        rows = pick[start:start + CHUNK_ROWS]
+        out[len(first) + start:len(first) + start + len(rows)] = second[rows]
+    out.flush()
+    return out
 
 
 def load_ensemble(job: DistillationJob, work: Path, labels: LabelMap | None, tokenizer) -> list[Path]:

@@ -305,8 +305,10 @@ def ensemble_outputs(ctx: RunContext, cache, prefix: str) -> EnsembleRun:
         runs.append((member.uri, member.weight, *found))
     uris, weights, trains, evals = (list(column) for column in zip(*runs, strict=True))
     temperature = spec.distillation.temperature
+    mixed = ctx.work / "outputs" / "ensemble-mixture"
     return EnsembleRun(uris, ensemble.normalized(weights), trains, evals,
-                       ensemble.mix(trains, weights, temperature), ensemble.mix(evals, weights, temperature))
+                       ensemble.mix(trains, weights, temperature, mixed / "train"),
+                       ensemble.mix(evals, weights, temperature, mixed / "eval"))
 
 
 def cached_teacher_outputs(ctx: RunContext, cache, entry: str, key: str, compute):

@@ -34,6 +34,7 @@ import re
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -234,10 +235,25 @@ def id_table(kept: list[int], rows: int, unk_old: int) -> torch.Tensor:
     return table
 
 
-def remap(data: Encoded, table: torch.Tensor) -> Encoded:
-    """The same rows with input_ids mapped old -> new (other tensors and labels shared)."""
+# Rows of token ids mapped at a time when written to disk.
+REMAP_ROWS = 4096
+
+
+def remap(data: Encoded, table: torch.Tensor, into: Path | None = None) -> Encoded:
+    """The same rows with input_ids mapped old -> new (other tensors and labels shared). With
+    `into`, the new ids are written there a chunk of rows at a time as a memory-mapped file (a large
+    split's ids never sit in memory twice)."""
     tensors = dict(data.tensors)
-    tensors["input_ids"] = table[data.tensors["input_ids"]]
+    ids = data.tensors["input_ids"]
+    if into is None:
+        tensors["input_ids"] = table[ids]
+        return Encoded(tensors, data.labels)
+    into.mkdir(parents=True, exist_ok=True)
+    column = np.lib.format.open_memmap(into / "input_ids.npy", mode="w+", dtype=np.int64, shape=tuple(ids.shape))
+    for start in range(0, len(ids), REMAP_ROWS):
+        column[start:start + REMAP_ROWS] = table[ids[start:start + REMAP_ROWS]].numpy()
+    column.flush()
+    tensors["input_ids"] = torch.from_numpy(column)
     return Encoded(tensors, data.labels)
 
 
@@ -547,7 +563,9 @@ def student_view(ctx, source) -> None:
         return
     ctx.vocabulary = vocabulary_report(kept, rows, dim, ctx.train_data, ctx.eval_data, special, unk)
     table = id_table(kept, rows, unk)
-    ctx.train_data, ctx.eval_data = remap(ctx.train_data, table), remap(ctx.eval_data, table)
+    encoded = ctx.work / "encoded"
+    ctx.train_data = remap(ctx.train_data, table, encoded / "train-remapped")
+    ctx.eval_data = remap(ctx.eval_data, table, encoded / "eval-remapped")
     ctx.progress.log(f"vocabulary: keeping {len(kept)} of {rows} tokens; {ctx.vocabulary.eval_tokens_unknown} of "
                      f"{ctx.vocabulary.eval_tokens} eval tokens become unknown")
 

@@ -481,3 +481,20 @@ def test_a_tokenizer_pruning_cannot_serve_is_refused_before_the_teacher_pass(kin
     assert "Traceback" not in r.stderr
     assert "teacher-outputs" not in r.stderr  # refused before the teacher pass
     assert not (out / "result.json").exists()
+
+
+def test_remapped_ids_are_written_a_chunk_at_a_time_like_the_in_memory_map(tmp_path, monkeypatch):
+    import numpy as np
+
+    import distillery_trainer.vocabulary as vocabulary
+    from distillery_trainer.encode import Encoded
+
+    ids = torch.randint(0, 50, (10, 7))
+    data = Encoded({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, torch.arange(10))
+    table = vocabulary.id_table([0, 3, 5, 7, 11, 49], 50, 0)
+    in_memory = vocabulary.remap(data, table)
+    monkeypatch.setattr(vocabulary, "REMAP_ROWS", 3)
+    on_disk = vocabulary.remap(data, table, tmp_path / "remapped")
+    assert torch.equal(on_disk.tensors["input_ids"], in_memory.tensors["input_ids"])
+    assert on_disk.tensors["attention_mask"] is data.tensors["attention_mask"] and on_disk.labels is data.labels
+    assert np.load(tmp_path / "remapped" / "input_ids.npy", mmap_mode="r").tolist() == in_memory.tensors["input_ids"].tolist()

@@ -188,6 +188,14 @@ def test_replayed_rows_stay_on_disk_and_come_after_the_new_ones(tmp_path):
     assert len(texts) == 9 and picked == sorted(picked) and all(t.startswith("old ") for t in texts[5:])
     assert joined.labels.tolist() == list(range(5)) + picked  # each old row keeps its own label
 
+    # A few rows read one at a time from either file (as the zero-shot prompts are chosen).
+    by_row = joined.row_texts()
+    assert len(by_row) == 9 and [by_row[i] for i in (0, 4, 5, 8, -1)] == [texts[i] for i in (0, 4, 5, 8, 8)]
+    with pytest.raises(IndexError):
+        by_row[9]
+    with pytest.raises(TypeError):
+        by_row[1:3]
+
     features = Split(name="new", features=np.arange(10.0).reshape(5, 2), raw_labels=[0] * 5, labels=np.zeros(5))
     olds = Split(name="old", features=-np.arange(16.0).reshape(8, 2), raw_labels=[1] * 8, labels=np.ones(8))
     joined, count = with_replay(features, olds, 0.4, seed=3, work=tmp_path / "work")

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import shutil
 import struct
 import zipfile
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,9 @@ class TextRows:
         """These rows only, still in the file."""
         return TextRows(self.path, self.offsets[rows], self.field)
 
+    def text(self, row: int) -> str:
+        return next(self.subset([row]).chunks(1))[0]
+
 
 @dataclass
 class JoinedTextRows:
@@ -69,6 +73,13 @@ class JoinedTextRows:
 
     def __len__(self) -> int:
         return sum(len(part) for part in self.parts)
+
+    def text(self, row: int) -> str:
+        for part in self.parts:
+            if row < len(part):
+                return part.text(row)
+            row -= len(part)
+        raise IndexError(row)
 
     def chunks(self, size: int) -> Iterator[list[str]]:
         pending: list[str] = []
@@ -113,8 +124,29 @@ class Split:
             yield from self.text_rows.chunks(size)
 
     def all_texts(self) -> list[str]:
-        """Every text in memory (for the steps that need them together: zero-shot prompts)."""
+        """Every text in memory (for splits read whole anyway: in-memory encoding)."""
         return [text for chunk in self.text_chunks() for text in chunk]
+
+    def row_texts(self) -> Sequence[str]:
+        """The texts by row, each read from its file when asked (for the few rows a step picks,
+        such as the zero-shot prompts, without the split in memory)."""
+        return self.texts if self.texts is not None else RowTexts(self.text_rows)
+
+
+class RowTexts(Sequence[str]):
+    """Texts left in their file(s), read one row at a time."""
+
+    def __init__(self, rows: TextRows | JoinedTextRows):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, row):
+        row = operator.index(row)  # one row at a time: a slice is a TypeError
+        if not -len(self) <= row < len(self):
+            raise IndexError(row)
+        return self.rows.text(row % len(self))
 
 
 class LabelMap:

@@ -64,7 +64,7 @@ def zero_shot_examples(ctx: RunContext):
     split, labels, ds = ctx.inputs.eval, ctx.inputs.labels, ctx.spec.dataset
     if split.labels is None or labels is None:
         return None
-    return zero_shot_set(split.all_texts(), split.labels, labels.names, ctx.inputs.tokenizer, ds.prompt_template,
+    return zero_shot_set(split.row_texts(), split.labels, labels.names, ctx.inputs.tokenizer, ds.prompt_template,
                          ds.max_prompt_rows, ds.max_sequence_length)
 
 

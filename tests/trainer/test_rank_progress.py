@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -108,6 +109,33 @@ def test_a_worker_publishes_as_its_percent_moves_not_as_the_clock_does():
     assert rank_0.others()[1]["percent"] == 20.2
     progress.fraction(0.02, 1, 2)  # 21.2
     assert rank_0.others()[1]["percent"] == 21.2
+
+
+def test_rank_0_lists_a_lagging_rank_while_it_writes_nothing_itself(tmp_path):
+    """Rank 0 waiting in a collective writes nothing of its own; its peer watch still lists a rank
+    that moved (and writes again only when the list changes)."""
+    store = hash_store()
+    progress = Progress(open_store(str(tmp_path)), show_bar=False, min_interval_s=3600)
+    progress.watch_peers(RankBoard(store, 0, 2), every_s=0.05)
+    try:
+        progress.stage("teacher-outputs")  # then, as if waiting in the gather
+        assert "ranks" not in json.loads((tmp_path / "progress.json").read_text())
+        RankBoard(store, 1, 2).publish({"stage": "teacher-outputs", "percent": 9.5})
+
+        def written() -> dict:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                document = json.loads((tmp_path / "progress.json").read_text())
+                if "ranks" in document:
+                    return document
+                time.sleep(0.05)
+            raise AssertionError("the peer watch never wrote the lagging rank")
+
+        assert written()["ranks"] == [{"rank": 0, "stage": "teacher-outputs", "percent": 5.0},
+                                      {"rank": 1, "stage": "teacher-outputs", "percent": 9.5}]
+    finally:
+        progress.stop_watching_peers()
+    assert progress.peers is None and progress._watch is None
 
 
 # ----------------------------------------------------------------------------- two real processes

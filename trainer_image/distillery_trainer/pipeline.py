@@ -54,12 +54,12 @@ def run(job: DistillationJob, *, restart: bool = False, progress: Progress | Non
         if not world.main:
             return run_worker(job, world, device, signal, board)
         progress = progress or Progress()
-        progress.peers = board
+        progress.watch_peers(board)
         try:
             return run_main(job, restart=restart, progress=progress, allow_nonempty_output=allow_nonempty_output,
                             world=world, device=device, signal=signal)
         finally:
-            progress.peers = None  # the store goes with the group: a later write (interrupted) must not use it
+            progress.stop_watching_peers()  # the store goes with the group: a later write must not use it
             signal.send(go=False)  # releases the other ranks when rank 0 ended before training
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -32,6 +33,9 @@ SAME_PERCENT_WITHIN = 1.0
 PUBLISH_EVERY_PERCENT = SAME_PERCENT_WITHIN / 2
 # progress.json and the job's status stay small at any world size: the ranks furthest from rank 0.
 MAX_LISTED_RANKS = 32
+# How often rank 0 looks at the other ranks between its own writes (it may wait in a collective
+# for minutes, the time when a rank that lags matters most).
+PEER_LOOK_S = 5.0
 _SHOWN = ("stage", "percent", "epoch", "totalEpochs")
 
 
@@ -114,6 +118,10 @@ class Progress:
         self._last_write = 0.0
         self._bar = None
         self.peers: RankBoard | None = None  # rank 0 of a distributed run: where the other ranks publish
+        self._lock = threading.Lock()  # one write at a time: the run's and the peer watch's
+        self._listed: list[dict] | None = None  # the `ranks` last written
+        self._watch: threading.Thread | None = None
+        self._stop_watch = threading.Event()
 
     def _stage_span(self, name: str) -> tuple[float, float]:
         names = list(STAGE_END)
@@ -181,12 +189,35 @@ class Progress:
             body.update(epoch=self.epoch, totalEpochs=self.total_epochs)
         return body
 
+    def watch_peers(self, board: RankBoard, every_s: float = PEER_LOOK_S) -> None:
+        """Rank 0: list the other ranks from `board`, also between this process's own writes (a
+        thread looks every `every_s` seconds and writes progress.json when the list changed)."""
+        self.peers = board
+        self._stop_watch.clear()
+        self._watch = threading.Thread(target=self._look_at_peers, args=(every_s,), daemon=True,
+                                       name="distillery-peer-progress")
+        self._watch.start()
+
+    def stop_watching_peers(self) -> None:
+        """Before the process group (and its store) goes away."""
+        self._stop_watch.set()
+        if self._watch is not None:
+            self._watch.join()
+        self._watch, self.peers = None, None
+
+    def _look_at_peers(self, every_s: float) -> None:
+        while not self._stop_watch.wait(every_s):
+            with self._lock:
+                if self.peers is not None and self._ranks_beside(self.snapshot()) != self._listed:
+                    self._publish(self.snapshot())
+
     def _write(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_write < self.min_interval_s:
             return
         self._last_write = now
-        self._publish(self.snapshot())
+        with self._lock:
+            self._publish(self.snapshot())
 
     def _publish(self, body: dict) -> None:
         """progress.json: this process's progress, and the other ranks' where they differ from it."""
@@ -194,6 +225,7 @@ class Progress:
             return
         document = {**body, "updated": datetime.now(UTC).isoformat(timespec="seconds")}
         ranks = self._ranks_beside(body)
+        self._listed = ranks
         if ranks is not None:
             document["ranks"] = ranks
         try:

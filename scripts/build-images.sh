@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the project's images here, with no container registry: the operator and trainer from
-# their Dockerfiles, and the test cluster's MinIO and pause images from tools/images/.
+# their Dockerfiles, and the test cluster's MinIO, Kueue and pause images from tools/images/.
 #
 #   1. Debian packages (docker.io, mmdebstrap, ...) and a dockerd (scripts/lib/host.sh);
 #   2. a base image from Debian's packages: `mmdebstrap --variant=minbase` bookworm with python3,
@@ -34,6 +34,7 @@ BASE_REF=docker.io/distillery/debian-python:$SUITE
 OPERATOR_REF=docker.io/distillery/operator:dev
 TRAINER_REF=docker.io/distillery/trainer:dev
 MINIO_REF=docker.io/distillery/minio:dev
+KUEUE_REF=docker.io/distillery/kueue:dev
 PAUSE_REF=docker.io/distillery/pause:3.10
 # The classic builder: Docker 20.10's BuildKit needs buildx and would pull the syntax frontend.
 export DOCKER_BUILDKIT=0
@@ -262,20 +263,35 @@ build_pause() {
 }
 
 build_minio() {
-    local env_file="${DISTILLERY_TOOLS_DIR:-$CACHE/tools}/env.sh" bin dir
-    # shellcheck disable=SC1090
-    bin="$( (source "$env_file" 2>/dev/null; echo "${DISTILLERY_MINIO_BIN:-}") )"
-    if [[ ! -x "$bin" ]]; then
-        log "minio: no MinIO binary recorded in $env_file yet; building it (scripts/setup-test-tools.sh)"
-        DISTILLERY_REQUIRE_MINIO=1 bash "$REPO_ROOT/scripts/setup-test-tools.sh" >&2 \
-            || die "scripts/setup-test-tools.sh could not build MinIO"
-        # shellcheck disable=SC1090
-        bin="$( (source "$env_file"; echo "${DISTILLERY_MINIO_BIN:-}") )"
-        [[ -x "$bin" ]] || die "scripts/setup-test-tools.sh succeeded but $env_file names no MinIO binary"
-    fi
+    local bin dir
+    bin="$(tool_binary DISTILLERY_MINIO_BIN)"
     dir="$(make_context minio "$bin")"
     [[ "$(basename "$bin")" == minio ]] || mv "$dir/$(basename "$bin")" "$dir/minio"
     docker_build minio "$MINIO_REF" --build-arg BASE_IMAGE="$BASE_REF" "$dir"
+}
+
+# The test tool's binary recorded in env.sh, built by scripts/setup-test-tools.sh when missing.
+tool_binary() { # <ENV VAR>
+    local env_file="${DISTILLERY_TOOLS_DIR:-$CACHE/tools}/env.sh" bin
+    # shellcheck disable=SC1090
+    bin="$( (source "$env_file" 2>/dev/null; echo "${!1:-}") )"
+    if [[ ! -x "$bin" ]]; then
+        log "no $1 recorded in $env_file yet; building it (scripts/setup-test-tools.sh)"
+        DISTILLERY_REQUIRE_MINIO=1 bash "$REPO_ROOT/scripts/setup-test-tools.sh" >&2 \
+            || die "scripts/setup-test-tools.sh failed"
+        # shellcheck disable=SC1090
+        bin="$( (source "$env_file"; echo "${!1:-}") )"
+        [[ -x "$bin" ]] || die "scripts/setup-test-tools.sh ran but $env_file names no $1"
+    fi
+    echo "$bin"
+}
+
+build_kueue() {
+    local bin dir
+    bin="$(tool_binary DISTILLERY_KUEUE_BIN)"
+    dir="$(make_context kueue "$bin")"
+    [[ "$(basename "$bin")" == kueue ]] || mv "$dir/$(basename "$bin")" "$dir/kueue"
+    docker_build kueue "$KUEUE_REF" --build-arg BASE_IMAGE="$BASE_REF" "$dir"
 }
 
 write_images_env() {
@@ -283,7 +299,7 @@ write_images_env() {
     tmp="$(mktemp "$IMAGES_ENV.XXXXXX")"
     {
         echo "# Written by scripts/build-images.sh $(date -u +%FT%TZ); read by scripts/import-images.sh."
-        for name in OPERATOR TRAINER MINIO PAUSE; do
+        for name in OPERATOR TRAINER MINIO KUEUE PAUSE; do
             ref="${name}_REF"
             echo "DISTILLERY_IMAGE_$name=${!ref}"
             echo "DISTILLERY_IMAGE_${name}_ID=$(docker image inspect -f '{{.Id}}' "${!ref}")"
@@ -306,9 +322,10 @@ main() {
     build_trainer
     build_pause
     build_minio
+    build_kueue
     write_images_env
     log "summary (build time, size):"
-    for name in operator trainer minio pause; do
+    for name in operator trainer minio kueue pause; do
         ref="${name^^}_REF"
         printf '  %-9s %-42s %4ss  %s\n' "$name" "${!ref}" "${BUILT_SECONDS[$name]}" "$(image_size "${!ref}")" >&2
     done

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the real services the tests run against (today: MinIO) from their pinned Go modules
+# Builds the real services the tests run against (MinIO, Kueue) from their pinned Go modules
 # under tools/<name>/ with the plain `go` client, and caches the binaries outside the repo:
 #
 #   ${DISTILLERY_TOOLS_DIR:-$HOME/.cache/distillery/tools}/<name>-<version>/bin/<name>
@@ -66,8 +66,35 @@ setup_minio() {
     fi
 }
 
+# Kueue's controller (for the Kueue end-to-end test) and the CRDs of the same release, taken from
+# the pinned module (config/components/crd/bases) while the module cache is still there.
+setup_kueue() {
+    local version bin crds
+    version="$(pinned_version tools/kueue sigs.k8s.io/kueue)"
+    crds="$TOOLS_DIR/kueue-$version/crds"
+    if [[ -n "$version" ]] && bin="$(go_build_cached kueue tools/kueue "$version" sigs.k8s.io/kueue/cmd/kueue "" \
+        "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$version")" && kueue_crds "$version" "$crds"; then
+        record_env DISTILLERY_KUEUE_BIN "$bin"
+        record_env DISTILLERY_KUEUE_CRDS "$crds"
+    else
+        record_env DISTILLERY_KUEUE_BIN
+        log "WARNING: Kueue is unavailable; the Kueue end-to-end test will fail with this reason"
+    fi
+}
+
+kueue_crds() { # <version> <dir>
+    [[ -n "$(ls "$2"/*.yaml 2>/dev/null)" ]] && return 0
+    local source
+    source="$(cd "$REPO_ROOT/tools/kueue" && GOTOOLCHAIN=local GOWORK=off GOFLAGS=-mod=mod \
+        GOMODCACHE="$GO_CACHES_DIR/mod" "$GO" mod download -json "sigs.k8s.io/kueue@$1" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')" || return 1
+    mkdir -p "$2.tmp"
+    cp "$source"/config/components/crd/bases/*.yaml "$2.tmp/" && mv "$2.tmp" "$2"
+}
+
 main() {
     setup_minio
+    setup_kueue
     go_caches_remove
     log "done; tool paths in $ENV_FILE:"
     cat "$ENV_FILE" >&2

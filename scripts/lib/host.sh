@@ -13,9 +13,10 @@ DOCKERD_PID_FILE="$DISTILLERY_CACHE/dockerd.pid"
 # Set to the pid by ensure_dockerd when this shell started dockerd; empty otherwise.
 DISTILLERY_DOCKERD_STARTED=""
 
-# gcc and libc6-dev compile the static pause binary; the rest run the images and the node.
+# gcc and libc6-dev compile the static pause binary; openssl makes the test Kueue's serving
+# certificate; the rest run the images and the node.
 HOST_PACKAGES=(docker.io containerd runc containernetworking-plugins mmdebstrap iptables conntrack
-               gcc libc6-dev)
+               gcc libc6-dev openssl)
 
 if ! declare -F log >/dev/null; then
     log() { echo "[host] $*" >&2; }

@@ -597,3 +597,13 @@ def test_a_dry_run_template_is_refused(tmp_path):
     c.step()
     assert c.status["phase"] == "Failed" and "template.dryRun" in condition(c.status, "Succeeded")["message"]
     assert not c.checks and not c.jobs
+
+
+def test_a_check_name_held_by_another_job_fails_the_search(tmp_path):
+    c = Cluster(search_spec(tmp_path), check_passes=False)
+    (read,) = decide_search(c.observed(), [], None, NOW)
+    stranger = {"metadata": {"name": read.name, "labels": {}}, "status": {"phase": "Succeeded"}}
+    actions = decide_search(c.observed(), [], None, NOW, None, stranger)
+    assert not creates(actions)
+    cond = condition(patch_of(actions), "Succeeded")
+    assert cond["reason"] == "TrialNameTaken" and read.name in cond["message"]

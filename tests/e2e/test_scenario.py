@@ -13,7 +13,8 @@ One cluster, one install, tests in order (each builds on the state the previous 
    kept), and a trainer pod is deleted mid-training (the retried pod resumes from its checkpoint).
 4. A DistillationSearch of two digits students: both trials run as trainer pods at once and the
    best becomes the search's StudentModel. A job with two workers runs as two pods that
-   rendezvous by DNS (torchrun, gloo) and make one student.
+   rendezvous by DNS (torchrun, gloo) and make one student. Kueue (its real controller, in a pod)
+   holds a queued two-worker job back while its quota fits one pod and admits both at once.
 5. `helm upgrade` with a changed value rolls the operator; `helm uninstall` leaves the CRDs and the
    StudentModels.
 
@@ -38,6 +39,7 @@ import pytest
 
 from tests.cluster.controlplane import tail
 from tests.digits import digits_workspace  # noqa: F401 - session fixture: the digits teacher and data
+from tests.e2e import kueue
 from tests.e2e.stack import (
     BUCKET,
     MINIO_PASSWORD,
@@ -72,6 +74,7 @@ def _external_cluster(tmp: Path) -> E2ECluster:
 
     images = {name: os.environ.get(f"DISTILLERY_E2E_IMAGE_{name.upper()}", "") for name in ("operator", "trainer", "minio")}
     missing = [name for name, ref in images.items() if not ref]
+    images["kueue"] = os.environ.get("DISTILLERY_E2E_IMAGE_KUEUE", "")  # optional: the Kueue test skips without
     helm, where = find_helm()
     kubectl = find_kubectl()
     if missing or helm is None or kubectl is None:
@@ -101,7 +104,7 @@ def _real_node_view(handle, tmp: Path) -> E2ECluster:
 
     return E2ECluster(name="real node", kubeconfig=handle.kubeconfig, kubectl_bin=handle.kubectl_bin,
                       helm_bin=handle.helm_bin, work_dir=tmp, diagnostics=node_logs,
-                      images={name: handle.image(name) for name in ("operator", "trainer", "minio")})
+                      images={name: handle.image(name) for name in ("operator", "trainer", "minio", "kueue")})
 
 
 # ------------------------------------------------------------------------------------ stack
@@ -568,6 +571,69 @@ def test_a_deleted_worker_pod_restarts_the_group_from_the_checkpoint(stack: Stac
     # The deleted pod and its peer count as the Job's failures; both indexes were run again.
     [job] = stack.trainer_jobs("workers-kill")
     assert job["status"]["failed"] >= 2 and job["status"]["completedIndexes"] == "0,1", job["status"]
+
+
+def _install_kueue(cluster: E2ECluster) -> None:
+    """Kueue's CRDs (server-side: they are too large for the last-applied annotation), then its
+    controller, ready through its probe."""
+    crds = kueue.crds_dir()
+    assert any(crds.glob("*.yaml")), f"no Kueue CRDs in {crds} (scripts/setup-test-tools.sh copies them)"
+    cluster.kubectl("apply", "--server-side", "-f", crds, timeout=180)
+    cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=120s", timeout=150)
+    certificate, key = kueue.self_signed_certificate(cluster.work_dir / "kueue-certs")
+    cluster.apply(kueue.controller_manifests(cluster.images["kueue"], certificate, key))
+    cluster.kubectl("rollout", "status", "-n", kueue.NAMESPACE, f"deployment/{kueue.NAME}", "--timeout=300s",
+                    timeout=330)
+
+
+def _workload_of(stack: Stack, name: str) -> dict | None:
+    """The Kueue Workload of a DistillationJob's trainer Job (Kueue names it after the Job)."""
+    jobs = stack.trainer_jobs(name)
+    if not jobs:
+        return None
+    uid = jobs[0]["metadata"]["uid"]
+    return next((w for w in stack.cluster.get("workloads.kueue.x-k8s.io", "-n", JOBS_NS)["items"]
+                 if any(o.get("uid") == uid for o in w["metadata"].get("ownerReferences") or [])), None)
+
+
+def _kueue_condition(workload: dict | None, type_: str) -> dict:
+    return next((c for c in ((workload or {}).get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
+
+
+def test_kueue_admits_a_two_worker_job_only_when_both_pods_fit(stack: Stack):
+    """Gang admission, with the real Kueue controller: a queued job of two workers (2Gi each) waits,
+    suspended and without pods, while its ClusterQueue has room for one (3Gi); once the quota holds
+    both (5Gi), Kueue admits the Job as one Workload, both pods start together, and the job ends
+    with one student trained by both."""
+    c = stack.cluster
+    if not c.images.get("kueue"):
+        pytest.skip("no Kueue image named (DISTILLERY_E2E_IMAGE_KUEUE) for this external cluster")
+    _install_kueue(c)
+    c.apply(kueue.queue_manifests(JOBS_NS, "team", "distillery-e2e", cpu="8", memory="3Gi"))
+    job = digits_job("queued", resources={"workers": 2})
+    job["spec"]["queueName"] = "team"
+    c.apply(job)
+
+    def pending_for_quota():
+        reserved = _kueue_condition(_workload_of(stack, "queued"), "QuotaReserved")
+        return reserved if reserved.get("status") == "False" and reserved.get("reason") == "Pending" else None
+
+    reserved = wait_for(pending_for_quota, PROGRESS_TIMEOUT, "Kueue to hold the queued job's Workload back",
+                        lambda: stack.explain("queued") + json.dumps(_workload_of(stack, "queued"), indent=1), 1)
+    assert "memory" in reserved["message"], reserved  # what it waits for, in Kueue's words
+    [trainer] = stack.trainer_jobs("queued")
+    assert trainer["spec"]["suspend"] is True and trainer["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team"
+    assert stack.trainer_pods("queued") == [] and stack.status("queued")["phase"] == "Pending"
+    workload = _workload_of(stack, "queued")
+    assert [p["count"] for p in workload["spec"]["podSets"]] == [2]  # one Workload for both pods
+
+    c.apply(kueue.queue_manifests(JOBS_NS, "team", "distillery-e2e", cpu="8", memory="5Gi"))
+    status = stack.wait_final("queued")
+    assert status["phase"] == "Succeeded" and status["accepted"] is True, stack.explain("queued")
+    assert _kueue_condition(_workload_of(stack, "queued"), "Admitted").get("status") == "True"
+    pods = stack.trainer_pods("queued")
+    assert len(pods) == 2 and all(p["status"]["phase"] == "Succeeded" for p in pods), stack.explain("queued")
+    assert stack.result("queued")["training"]["worldSize"] == 2
 
 
 def test_helm_upgrade_rolls_the_operator(stack: Stack):

@@ -393,7 +393,9 @@ def decide_search(obs: SearchObserved, jobs: list[Mapping], students: list[Mappi
             name = sn.space_check_name(obs.name, digest)
             if check is None:
                 return [ReadSpaceCheck(name)]
-            if not check:
+            if check and ((check.get("metadata") or {}).get("labels") or {}).get(sn.LABEL_SPACE_CHECK) != obs.name:
+                failure = name_taken(obs, name, sn.LABEL_SPACE_CHECK)  # someone else's job holds the name
+            elif not check:
                 try:
                     creates.append(CreateSpaceCheck(space_check_manifest(obs, spec, digest)))
                     check = {"status": {}}
@@ -441,10 +443,11 @@ def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-def name_taken(obs: SearchObserved, name: str) -> tuple[str, str]:
-    """The problem of a trial name held by a DistillationJob that is not this search's trial."""
+def name_taken(obs: SearchObserved, name: str, label: str = sn.LABEL_SEARCH) -> tuple[str, str]:
+    """The problem of a name the search needs (a trial's, the space check's) held by a
+    DistillationJob that is not this search's."""
     return "TrialNameTaken", (f"DistillationJob {name!r} already exists in namespace {obs.namespace!r} and is not "
-                              f"a trial of this search (label {sn.LABEL_SEARCH}); rename the search or that job")
+                              f"this search's (label {label}); rename the search or that job")
 
 
 def trial_refused(name: str, why: str) -> tuple[str, str]:

@@ -136,7 +136,7 @@ async def execute(ctx: OperatorContext, obs: SearchObserved, body, patch, action
             if holder is None:
                 log.info("search %s/%s: created trial %s", obs.namespace, obs.name, action.name)
             elif ((holder.get("metadata") or {}).get("labels") or {}).get(action.owner_label) != obs.name:
-                problem = search_decide.name_taken(obs, action.name)
+                problem = search_decide.name_taken(obs, action.name, action.owner_label)
         if problem is not None:
             # Listed again: the trials this look created before the refusal belong in the table.
             try:

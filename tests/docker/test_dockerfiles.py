@@ -396,6 +396,9 @@ def test_test_infra_images():
     minio = parse(REPO / "tools" / "images" / "minio" / "Dockerfile")
     assert [a for i, a in minio.final.instructions if i == "USER"] == ["1000:1000"]
     assert exec_form([a for i, a in minio.final.instructions if i == "ENTRYPOINT"][-1]) == ["minio"]
+    kueue = parse(REPO / "tools" / "images" / "kueue" / "Dockerfile")
+    assert [a for i, a in kueue.final.instructions if i == "USER"] == ["65532:65532"]
+    assert exec_form([a for i, a in kueue.final.instructions if i == "ENTRYPOINT"][-1]) == ["kueue"]
 
 
 def test_wheelhouse_requirements_match_what_the_trainer_installs():
@@ -435,7 +438,7 @@ def images() -> dict[str, str]:
         unavailable("no dockerd answers (scripts/build-images.sh with DISTILLERY_KEEP_DOCKERD=1 leaves one)")
     env = dict(line.split("=", 1) for line in IMAGES_ENV.read_text().splitlines() if line.startswith("DISTILLERY_"))
     refs = {}
-    for name in ("OPERATOR", "TRAINER", "MINIO", "PAUSE"):
+    for name in ("OPERATOR", "TRAINER", "MINIO", "KUEUE", "PAUSE"):
         ref = env[f"DISTILLERY_IMAGE_{name}"]
         found = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", ref], capture_output=True, text=True)
         assert found.stdout.strip() == env[f"DISTILLERY_IMAGE_{name}_ID"], f"{ref}: not the image {IMAGES_ENV} names"
@@ -485,10 +488,13 @@ def test_images_carry_nothing_of_the_offline_build(images):
     assert "127.0.0.1" not in history and "PIP_FIND_LINKS" not in history, f"{images['operator']}: {history}"
 
 
-def test_minio_and_pause_images_run(images):
+def test_minio_kueue_and_pause_images_run(images):
     proc = docker_run(images["minio"], "--version")
     assert proc.returncode == 0 and "minio version" in proc.stdout.lower(), proc.stdout + proc.stderr
     proc = docker_run("--entrypoint", "id", images["minio"], "-u")
     assert proc.stdout.strip() == "1000", proc.stdout + proc.stderr
     proc = docker_run(images["pause"], "-v")
     assert proc.returncode == 0 and proc.stdout.startswith("pause.c"), proc.stdout + proc.stderr
+    # Kueue's controller reads its configuration and stops at the first thing it lacks (no cluster).
+    proc = docker_run(images["kueue"], "--zap-log-level=2")
+    assert proc.returncode != 0 and '"gitVersion":"v0.17.0"' in proc.stdout + proc.stderr, proc.stdout + proc.stderr

@@ -86,7 +86,10 @@ def controller_manifests(image: str, certificate: str, key: str) -> list[dict]:
                  "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
                  "containers": [{
                      "name": "manager", "image": image, "imagePullPolicy": "Never",
-                     "args": ["--config=/config/controller_manager_config.yaml", "--zap-log-level=2"],
+                     # The on-demand visibility API is an aggregated API server of its own, which
+                     # the test does not use (it reads the Workloads).
+                     "args": ["--config=/config/controller_manager_config.yaml", "--zap-log-level=2",
+                              "--feature-gates=VisibilityOnDemand=false"],
                      "ports": [{"containerPort": 8081, "name": "health"}],
                      "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8081}, "periodSeconds": 2},
                      "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},

@@ -262,14 +262,6 @@ build_pause() {
     docker_build pause "$PAUSE_REF" "$dir"
 }
 
-build_minio() {
-    local bin dir
-    bin="$(tool_binary DISTILLERY_MINIO_BIN)"
-    dir="$(make_context minio "$bin")"
-    [[ "$(basename "$bin")" == minio ]] || mv "$dir/$(basename "$bin")" "$dir/minio"
-    docker_build minio "$MINIO_REF" --build-arg BASE_IMAGE="$BASE_REF" "$dir"
-}
-
 # The test tool's binary recorded in env.sh, built by scripts/setup-test-tools.sh when missing.
 tool_binary() { # <ENV VAR>
     local env_file="${DISTILLERY_TOOLS_DIR:-$CACHE/tools}/env.sh" bin
@@ -286,12 +278,13 @@ tool_binary() { # <ENV VAR>
     echo "$bin"
 }
 
-build_kueue() {
-    local bin dir
-    bin="$(tool_binary DISTILLERY_KUEUE_BIN)"
-    dir="$(make_context kueue "$bin")"
-    [[ "$(basename "$bin")" == kueue ]] || mv "$dir/$(basename "$bin")" "$dir/kueue"
-    docker_build kueue "$KUEUE_REF" --build-arg BASE_IMAGE="$BASE_REF" "$dir"
+# An image of one Go-built test tool (MinIO, Kueue): its binary, named <name> in the context, on the base.
+build_tool_image() { # <name> <ENV VAR of its binary> <image ref>
+    local name="$1" bin dir
+    bin="$(tool_binary "$2")"
+    dir="$(make_context "$name" "$bin")"
+    [[ "$(basename "$bin")" == "$name" ]] || mv "$dir/$(basename "$bin")" "$dir/$name"
+    docker_build "$name" "$3" --build-arg BASE_IMAGE="$BASE_REF" "$dir"
 }
 
 write_images_env() {
@@ -321,8 +314,8 @@ main() {
     build_operator
     build_trainer
     build_pause
-    build_minio
-    build_kueue
+    build_tool_image minio DISTILLERY_MINIO_BIN "$MINIO_REF"
+    build_tool_image kueue DISTILLERY_KUEUE_BIN "$KUEUE_REF"
     write_images_env
     log "summary (build time, size):"
     for name in operator trainer minio kueue pause; do

@@ -8,6 +8,7 @@ Distillery's own pipeline (`distillery_trainer.pipeline.run` on a DistillationJo
   importance-kd    Distillery's strategy (its defaults): importance by ablation (greedily drop the layer
                    whose removal changes the teacher's softened outputs least), heal with KD
   influence-kd     importance by block influence (ShortGPT: keep the blocks that change their input most) + KD
+  anchored-kd      importance by ablation with the first and last layers always kept (keepFirstAndLast) + KD
   first-kd         the first N layers + KD
   uniform-kd       every k-th layer (DistilBERT-style) + KD
   importance-hard  the layers importance-kd kept, trained on hard labels only (alpha 0: no KD)
@@ -28,7 +29,8 @@ Usage:
     python benchmarks/quality.py --quick     # < 10 min on 2 idle cores: 400 train / 200 eval, 64 tokens, 1 epoch
     python benchmarks/quality.py             # the whole corpus (1780 / 445), 128 tokens, 3 epochs (hours on 2 cores)
     python benchmarks/quality.py --dataset trec50   # every question, 48 tokens, latency at 32 tokens
-Writes benchmarks/results/quality{,-quick}.md/.json and pareto{,-quick}.png (harder-trec50* for TREC).
+Writes benchmarks/results/quality{,-quick}.md/.json and pareto{,-quick}.png (harder-trec50* for TREC;
+with --name NAME: NAME.md/.json and pareto-NAME.png).
 """
 
 from __future__ import annotations
@@ -49,10 +51,11 @@ from finetune_teacher import FinetuneSettings, ensure_teacher, quick_settings  #
 
 GOAL_RETENTION = 0.97
 GOAL_SPEEDUP = 3.5
-STRATEGIES = ("importance-kd", "influence-kd", "first-kd", "uniform-kd", "importance-hard", "scratch-kd")
+STRATEGIES = ("importance-kd", "influence-kd", "anchored-kd", "first-kd", "uniform-kd", "importance-hard", "scratch-kd")
 DESCRIPTIONS = {
     "importance-kd": "importance (ablation, the default) + KD: Distillery's strategy",
     "influence-kd": "importance by block influence (ShortGPT) + KD",
+    "anchored-kd": "importance (ablation) with the first and last layers always kept + KD",
     "first-kd": "first N layers + KD",
     "uniform-kd": "every k-th layer (uniform) + KD",
     "importance-hard": "importance-kd's layers, hard labels only (alpha 0)",
@@ -144,6 +147,8 @@ def job_document(name: str, strategy: str, n_layers: int, config: Config, teache
         student.update(method="importance")  # and the default importanceMetric
     elif strategy == "influence-kd":
         student.update(method="importance", importanceMetric="block-influence")
+    elif strategy == "anchored-kd":
+        student.update(method="importance", keepFirstAndLast=True)
     elif strategy == "first-kd":
         student.update(method="first")
     elif strategy == "uniform-kd":
@@ -540,6 +545,8 @@ def main(argv=None) -> int:
 
     plot_stem = "pareto" if config.dataset == "bbc" else f"pareto-{config.dataset}"
     plot_name = (f"{plot_stem}-quick" if config.quick else plot_stem) + ".png"
+    if args.name:  # a named run (a subset, say) must not overwrite the default run's picture
+        plot_name = f"pareto-{args.name}.png"
     points = [(r.name, r.accuracy, r.p50_b1, r.size_bytes, r.strategy == "teacher") for r in rows]
     plot = frontier_plot(points, args.out_dir / plot_name,
                          f"MiniLM-L6 {DATASETS[config.dataset]}: teacher and students, onnxruntime CPU, batch 1 x {config.bench_seq} tokens "

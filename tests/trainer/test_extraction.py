@@ -112,6 +112,28 @@ def test_ablation_is_greedy_and_stops_at_the_target_size():
     assert len(scores) == 5
 
 
+def test_keep_first_and_last_holds_for_an_encoder_too():
+    # Block 0 is a no-op, so ablation drops it first unless the ends are protected.
+    wrapped = mlp_with_identity_block(identity=0)
+    data = Encoded({"features": torch.randn(64, 8)}, torch.randint(0, 3, (64,)))
+    free, _ = select_layers(wrapped, data, small_job(keepLayers=3), torch.device("cpu"))
+    anchored, scores = select_layers(wrapped, data, small_job(keepLayers=3, keepFirstAndLast=True), torch.device("cpu"))
+    assert 0 not in free
+    assert anchored[0] == 0 and anchored[-1] == 4 and len(anchored) == 3
+    assert scores[0] == pytest.approx(0.0, abs=1e-6)  # scored like the others, only never dropped
+    influence, _ = select_layers(wrapped, data, small_job(keepLayers=3, keepFirstAndLast=True,
+                                                          importanceMetric="block-influence"), torch.device("cpu"))
+    assert influence[0] == 0 and influence[-1] == 4
+
+
+def test_keep_first_and_last_needs_two_layers():
+    wrapped = mlp_with_identity_block(identity=0)
+    data = Encoded({"features": torch.randn(16, 8)}, None)
+    with pytest.raises(InputError, match="student.keepLayers.*keepFirstAndLast"):
+        select_layers(wrapped, data, small_job(keepLayers=1, keepFirstAndLast=True), torch.device("cpu"))
+    assert select_layers(wrapped, data, small_job(keepLayers=1), torch.device("cpu"))[0] != [0]
+
+
 def test_only_layers_runs_a_subset_and_restores_the_net():
     wrapped = mlp_with_identity_block(identity=2)
     x = {"features": torch.randn(4, 8)}

@@ -107,6 +107,13 @@ def test_huge_seed(capsys, job_file):
     one_error_line(code, err, 2, "distillation.seed")
 
 
+def test_keeping_the_ends_of_a_one_layer_student_fails_before_the_teacher_pass(capsys, job_file):
+    code, _, err = run_cli(capsys, job_file(student={"method": "importance", "keepLayers": 1,
+                                                     "keepFirstAndLast": True}))
+    one_error_line(code, err, 2, "student.keepLayers", "keepFirstAndLast")
+    assert before_teacher_pass(err)
+
+
 # ----------------------------------------------------------------------------- data files
 
 

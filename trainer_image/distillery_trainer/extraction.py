@@ -45,6 +45,31 @@ def top_k_layers(scores: list[float], k: int) -> list[int]:
     return sorted(ranked[:k])
 
 
+def protects_ends(spec: Student, causal: bool) -> bool:
+    """student.keepFirstAndLast: by default on for decoders only, which lean on both ends far more
+    than on the middle layers; an explicit value holds for every task."""
+    return causal if spec.keep_first_and_last is None else spec.keep_first_and_last
+
+
+def check_protected_size(k: int, num_layers: int, protect: bool) -> None:
+    if protect and k < 2 <= num_layers:
+        raise InputError("student.keepLayers: at least 2 layers are needed while student.keepFirstAndLast is on")
+
+
+def protected_layers(num_layers: int, protect: bool) -> frozenset[int]:
+    """The layers a scoring method may not drop."""
+    return frozenset({0, num_layers - 1}) if protect else frozenset()
+
+
+def keep_top_scored(scores: list[float], k: int, protect: bool) -> list[int]:
+    """The k highest-scoring layers in order; with `protect` the first and last always stay."""
+    n = len(scores)
+    if not protect or n <= 2:
+        return top_k_layers(scores, k)
+    middle = top_k_layers(scores[1:-1], k - 2) if k > 2 else []
+    return [0, *(i + 1 for i in middle), n - 1]
+
+
 def block_scores(
     inputs: torch.Tensor, outputs: torch.Tensor, mask: torch.Tensor | None, metric: ImportanceMetric
 ) -> torch.Tensor:

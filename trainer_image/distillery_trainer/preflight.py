@@ -81,6 +81,12 @@ def check_spec(job: DistillationJob) -> None:
     if spec.teacher.format == TeacherFormat.ONNX and spec.student.base is None and arch is None:
         raise InputError("student.base: an ONNX teacher has no layers to extract; give student.base "
                          "or student.architecture")
+    student = spec.student
+    protect = extraction.protects_ends(student, causal=spec.teacher.task == Task.CAUSAL_LM)
+    scoring = student.method == ExtractionMethod.IMPORTANCE
+    if protect and scoring and student.keep_layers is not None and student.keep_layers < 2:
+        raise InputError("student.keepLayers: keeping the first and last layers needs at least 2 "
+                         "(or set student.keepFirstAndLast: false)")
     width.check_spec(job)  # BERT-family Hugging Face students only
     vocabulary.check_spec(job)
 
@@ -99,12 +105,6 @@ def check_causal_lm_spec(job: DistillationJob) -> None:
     if spec.ensemble is not None and spec.distillation.teacher_logits == TeacherLogits.ONLINE:
         raise InputError("ensemble: a causal-lm ensemble mixes the teachers' cached next-token lists; use "
                          "distillation.teacherLogits: top-k (online runs one teacher beside the student)")
-    student = spec.student
-    protect = student.keep_first_and_last is not False
-    scoring = student.method == ExtractionMethod.IMPORTANCE
-    if protect and scoring and student.keep_layers is not None and student.keep_layers < 2:
-        raise InputError("student.keepLayers: keeping the first and last layers needs at least 2 "
-                         "(or set student.keepFirstAndLast: false)")
 
 
 # ----------------------------------------------------------------------------- reading models

@@ -23,6 +23,7 @@ from distillery.variants import FP32, INT8, Candidate, judge, result_fields
 from distillery_trainer import (
     distributed,
     ensemble,
+    extraction,
     finished,
     incremental,
     preflight,
@@ -418,11 +419,7 @@ def ranking_memo(ctx: RunContext, source: Net):
     spec = ctx.spec
     if spec.student.method != ExtractionMethod.IMPORTANCE or spec.student.architecture is not None:
         return NO_MEMO
-    protect = False
-    if ctx.task.causal:
-        from distillery_trainer.lm.selection import protects_ends
-
-        protect = protects_ends(ctx.job)
+    protect = extraction.protects_ends(spec.student, ctx.task.causal)
     cache, prefix = teacher_cache.cache_location(spec, ctx.store)
     return RankingMemo.open(cache, prefix, ranking_key(spec, ctx.digests, protect), source.num_layers(),
                             ctx.progress.log)

@@ -83,9 +83,10 @@ def ablation_selection(net: Net, data: Encoded, job: DistillationJob, device: to
     the task sees (logits at the distillation temperature, or the embedding). Returns the kept
     layers and, as scores, each layer's divergence when removed alone from the full model.
     """
+    protected = extraction.protected_layers(net.num_layers(), extraction.protects_ends(job.spec.student, causal=False))
     known = memo.removals()
     if known is not None and len(known.order) >= net.num_layers() - k:  # the path is known this far
-        keep, scores, _ = extraction.greedy_removal(net.num_layers(), k, None, known=known)
+        keep, scores, _ = extraction.greedy_removal(net.num_layers(), k, None, protected, known)
         return keep, scores
     net.to(device).eval()
     batches = calibration_batches(data, job, device)
@@ -98,7 +99,7 @@ def ablation_selection(net: Net, data: Encoded, job: DistillationJob, device: to
                         for ref, batch in zip(reference, batches, strict=True))
         return float(total) / max(1, len(batches))
 
-    keep, scores, removals = extraction.greedy_removal(net.num_layers(), k, divergence, known=known)
+    keep, scores, removals = extraction.greedy_removal(net.num_layers(), k, divergence, protected, known)
     memo.keep_removals(removals)
     return keep, scores
 
@@ -112,9 +113,11 @@ def select_layers(net: Net, data: Encoded, job: DistillationJob, device,
     fixed = extraction.fixed_rule_layers(spec, list(net.layer_list()), k)
     if fixed is not None:
         return fixed
+    protect = extraction.protects_ends(spec, causal=False)
+    extraction.check_protected_size(k, net.num_layers(), protect)
     if spec.importance_metric == ImportanceMetric.ABLATION:
         return ablation_selection(net, data, job, device, k, memo)
     scores = memo.scores("scores", lambda: importance_scores(net, data, job, device))
-    return extraction.top_k_layers(scores, k), scores
+    return extraction.keep_top_scored(scores, k, protect), scores
 
 

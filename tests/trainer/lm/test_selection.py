@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from distillery.api.job import Student
+from distillery_trainer import extraction
 from distillery_trainer.encode import Encoded
 from distillery_trainer.errors import InputError
 from distillery_trainer.lm.model import CausalLMNet
@@ -18,7 +19,6 @@ from distillery_trainer.lm.selection import (
     angular_distance,
     block_distances,
     calibration_batches,
-    keep_top_scored,
     select_decoder_layers,
 )
 from tests.trainer.lm.conftest import save_decoder, tiny_gpt2, tiny_llama
@@ -161,8 +161,8 @@ def test_explicit_out_of_range_is_an_input_error(net, data):
 
 
 def test_pure_helpers():
-    assert keep_top_scored([0.0, 0.5, 0.1, 0.9, 0.2, 0.0], 4, protect=True) == [0, 1, 3, 5]
-    assert keep_top_scored([0.0, 0.5, 0.1, 0.9, 0.2, 0.0], 2, protect=False) == [1, 3]
+    assert extraction.keep_top_scored([0.0, 0.5, 0.1, 0.9, 0.2, 0.0], 4, protect=True) == [0, 1, 3, 5]
+    assert extraction.keep_top_scored([0.0, 0.5, 0.1, 0.9, 0.2, 0.0], 2, protect=False) == [1, 3]
     assert list(allowed_starts(6, 2, protect=True)) == [1, 2, 3]
     assert list(allowed_starts(6, 2, protect=False)) == [0, 1, 2, 3, 4]
     same = torch.ones(1, 2, 4)

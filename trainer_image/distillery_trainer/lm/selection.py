@@ -13,19 +13,12 @@ import torch.nn.functional as F
 from distillery.api.job import DistillationJob, ImportanceMetric
 from distillery_trainer import extraction
 from distillery_trainer.encode import Encoded
-from distillery_trainer.errors import InputError
 from distillery_trainer.lm.logits import kd_loss_top_k, top_k_targets
 from distillery_trainer.lm.model import CausalLMNet
 from distillery_trainer.ranking_cache import NO_MEMO, RankingMemo
 
 # Decoder calibration rows are full blocks of L tokens and V-wide logits: keep batches small.
 _CALIBRATION_BATCH = 4
-
-
-def protects_ends(job: DistillationJob) -> bool:
-    """student.keepFirstAndLast, which defaults to true for decoders."""
-    value = getattr(job.spec.student, "keep_first_and_last", None)
-    return True if value is None else bool(value)
 
 
 def calibration_batches(data: Encoded, job: DistillationJob, device) -> list[dict[str, torch.Tensor]]:
@@ -37,15 +30,6 @@ def calibration_batches(data: Encoded, job: DistillationJob, device) -> list[dic
 
 
 # ----------------------------------------------------------------------------- pure choices
-
-
-def keep_top_scored(scores: list[float], k: int, protect: bool) -> list[int]:
-    """The k highest-scoring layers in order; with `protect` the first and last always stay."""
-    n = len(scores)
-    if not protect or n <= 2:
-        return extraction.top_k_layers(scores, k)
-    middle = extraction.top_k_layers(scores[1:-1], k - 2) if k > 2 else []
-    return [0, *(i + 1 for i in middle), n - 1]
 
 
 def drop_block(num_layers: int, start: int, width: int) -> list[int]:
@@ -114,7 +98,7 @@ def ablation_selection(net: CausalLMNet, batches: list[dict], k: int, temperatur
     150k vocabulary is 5 GB in fp32, its top 64 a few MB. Scores: each layer's divergence when
     removed alone from the full model."""
     n = net.num_layers()
-    protected = frozenset({0, n - 1}) if protect else frozenset()
+    protected = extraction.protected_layers(n, protect)
     known = memo.removals()
     if known is not None and len(known.order) >= n - k:  # the path is known this far
         keep, scores, _ = extraction.greedy_removal(n, k, None, protected, known)
@@ -145,9 +129,8 @@ def select_decoder_layers(net: CausalLMNet, data: Encoded, job: DistillationJob,
     fixed = extraction.fixed_rule_layers(spec, list(net.layer_list()), k)
     if fixed is not None:
         return fixed
-    protect = protects_ends(job)
-    if protect and k < 2 and n >= 2:
-        raise InputError("student.keepLayers: at least 2 layers are needed while student.keepFirstAndLast is on")
+    protect = extraction.protects_ends(spec, causal=True)
+    extraction.check_protected_size(k, n, protect)
     if k == n:
         return list(range(n)), []
     net.to(device).eval()
@@ -165,4 +148,4 @@ def select_decoder_layers(net: CausalLMNet, data: Encoded, job: DistillationJob,
         start = best_block_start(distances, allowed_starts(n, width, protect))
         return drop_block(n, start, width), distances
     scores = memo.scores("scores", lambda: block_influence(net, batches()))
-    return keep_top_scored(scores, k, protect), scores
+    return extraction.keep_top_scored(scores, k, protect), scores
